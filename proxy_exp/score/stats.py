@@ -1,0 +1,182 @@
+"""Token statistics of a next-token distribution at the expert token, computed chunk by chunk.
+
+Every statistic is a function of one logits row ``x`` (over the vocabulary ``V``) and the expert
+token ``y``; ``p = softmax(x)``. The definitions (method.md, "Token statistics"):
+
+- ``ce``: ``-log p(y)``.
+- ``rank``: number of tokens ``v != y`` with ``x_v >= x_y``; 0 means the expert token is the unique
+  argmax. Ties count *against* the expert token (pessimistic). method.md words it as "count tokens
+  with strictly larger logit", but that would give rank 0 to every tied token, e.g. to every token
+  under the all-equal logits of an untrained head, and so top-1 accuracy 1 to a model that knows
+  nothing. Counting ties against the expert token gives that model rank ``V - 1``.
+- ``top1, top2, top3, top5``: ``1[rank < k]`` as float.
+- ``entropy``: ``H(p) / log V`` (normalized to [0, 1]).
+- ``recip_rank``: ``1 / (rank + 1)``.
+- ``margin``: ``max_v p_v - p(y)`` (>= 0; 0 when the expert token is a top-1 token).
+- ``wrong_conf``: ``max_v p_v`` when ``rank >= 1`` (some other token has a logit at least as high as
+  the expert token's, so the model's top choice is, or ties with, a wrong token), else 0: how
+  confident the model is when its top-1 guess is wrong. method.md leaves the formula open; this is
+  the example form it gives, with the same pessimistic treatment of ties as ``rank``.
+- ``p_expert`` (``p(y)``) and ``max_p`` (``max_v p_v``) are returned too: the weightings need them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# The keys of the dict returned by token_stats_from_logits / score_hidden_states.
+STAT_KEYS: tuple[str, ...] = (
+    "ce", "top1", "top2", "top3", "top5", "entropy", "rank", "recip_rank", "margin", "wrong_conf",
+    "p_expert", "max_p",
+)
+TOP_K: tuple[int, ...] = (1, 2, 3, 5)
+
+
+@torch.no_grad()
+def token_stats_from_logits(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """All token statistics (module docstring) of ``logits[T, V]`` at ``targets[T]``.
+
+    The logits are upcast to float32. One pass over each row: logsumexp, max, gather, a comparison
+    count and ``sum p log p``. Returns ``{name: Tensor[T]}`` with keys :data:`STAT_KEYS`; ``rank`` is
+    int64, the rest float32.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [T, V], got shape {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must be [T] with T={logits.shape[0]}, got shape {tuple(targets.shape)}")
+    n_vocab = logits.shape[1]
+    if n_vocab < 2:
+        raise ValueError(f"the vocabulary must hold at least 2 tokens to normalise entropy, got V={n_vocab}")
+    x = logits.float()
+    y = targets.long().to(x.device).unsqueeze(1)
+    lse = torch.logsumexp(x, dim=1)
+    x_max = x.max(dim=1).values
+    x_y = x.gather(1, y).squeeze(1)
+    # Tokens with a logit >= the expert's, the expert token itself excluded (pessimistic ties).
+    rank = (x >= x_y.unsqueeze(1)).sum(dim=1) - 1
+    logp = x - lse.unsqueeze(1)
+    entropy = torch.special.entr(logp.exp()).sum(dim=1) / math.log(n_vocab)
+    ce = lse - x_y
+    p_expert = torch.exp(-ce)
+    max_p = torch.exp(x_max - lse)
+    stats: dict[str, Tensor] = {"ce": ce}
+    for k in TOP_K:
+        stats[f"top{k}"] = (rank < k).float()
+    stats["entropy"] = entropy
+    stats["rank"] = rank
+    stats["recip_rank"] = 1.0 / (rank.float() + 1.0)
+    stats["margin"] = (max_p - p_expert).clamp_min(0.0)
+    stats["wrong_conf"] = torch.where(rank >= 1, max_p, torch.zeros_like(max_p))
+    stats["p_expert"] = p_expert
+    stats["max_p"] = max_p
+    return stats
+
+
+@torch.no_grad()
+def score_hidden_states(
+    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_tokens: int
+) -> dict[str, Tensor]:
+    """Token statistics of ``head(hidden)`` at ``targets``, applying the head to ``chunk_tokens`` rows at a time.
+
+    ``hidden`` is ``[T, D]`` (final hidden states, after the final norm), ``targets`` ``[T]``. The full
+    ``[T, V]`` logits never exist at once (and no autograd graph keeps them): peak memory is
+    ``chunk_tokens x V`` floats. Returns the
+    same dict as :func:`token_stats_from_logits`, concatenated over chunks.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"score.chunk_tokens must be >= 1, got {chunk_tokens}")
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be [T, D], got shape {tuple(hidden.shape)}")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets must be [T] with T={hidden.shape[0]}, got shape {tuple(targets.shape)}")
+    n = hidden.shape[0]
+    if n == 0:
+        return token_stats_from_logits(head(hidden), targets)
+    parts = [
+        token_stats_from_logits(head(hidden[i : i + chunk_tokens]), targets[i : i + chunk_tokens])
+        for i in range(0, n, chunk_tokens)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def _text_config(model):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def lm_head_of(model) -> Callable[[Tensor], Tensor]:
+    """A callable ``hidden[..., D] -> logits[..., V]`` for an HF causal LM.
+
+    It applies ``model.get_output_embeddings()`` and, when the config sets
+    ``final_logit_softcapping`` (Gemma 2/3), ``cap * tanh(logits / cap)``. Architectures that scale
+    logits in other ways are caught by :func:`check_lm_head`.
+    """
+    out = model.get_output_embeddings()
+    if out is None:
+        raise ValueError(
+            f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None); "
+            "load the model with AutoModelForCausalLM so that it has an LM head"
+        )
+    cap = getattr(_text_config(model), "final_logit_softcapping", None)
+
+    if not cap:
+        return out
+
+    def head(hidden: Tensor) -> Tensor:
+        logits = out(hidden)
+        return torch.tanh(logits / cap) * cap
+
+    return head
+
+
+def max_positions(model) -> int:
+    """The model's context length: ``max_position_embeddings`` (or GPT-2's ``n_positions``)."""
+    config = _text_config(model)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(
+        f"{type(model).__name__}'s config has neither max_position_embeddings nor n_positions; "
+        "set one of them in the model's config.json"
+    )
+
+
+def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Last hidden states ``[B, L, D]`` after the final norm, without computing logits.
+
+    Runs ``model.base_model`` (the decoder stack: ``GPT2Model``, ``LlamaModel``, ...), whose
+    ``last_hidden_state`` is what the LM head consumes.
+    """
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state
+
+
+def check_lm_head(model, input_ids: Tensor, attention_mask: Tensor | None = None) -> None:
+    """Raise ValueError unless ``lm_head_of(model)(final_hidden_states(...))`` equals ``model(...).logits``.
+
+    A cheap guard (run it on a few tokens) against architectures that transform logits in a way
+    :func:`lm_head_of` does not know (e.g. a logit scale), which would silently change every statistic.
+    """
+    reference = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+    ours = lm_head_of(model)(final_hidden_states(model, input_ids, attention_mask)).float()
+    if attention_mask is not None:
+        keep = attention_mask.bool()
+        reference, ours = reference[keep], ours[keep]
+    if reference.numel() == 0:
+        return
+    scale = reference.abs().max().item()
+    diff = (reference - ours).abs().max().item()
+    # Relative to the logits' scale: 1% leaves room for reduced-precision rounding, and any real
+    # rescaling of the logits (>= 1%) fails whatever the magnitude of an untrained model's logits.
+    if not diff <= 1e-2 * scale + 1e-6:
+        raise ValueError(
+            f"lm_head_of({type(model).__name__}) does not reproduce model(...).logits (max abs difference "
+            f"{diff:.3g} at logit scale {scale:.3g}): this architecture transforms its logits in a way "
+            "proxy_exp/score/stats.py:lm_head_of does not apply; add that transform there"
+        )

@@ -1,0 +1,31 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose a real entry-point config from conf/ with overrides (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import launchers.app as app
+
+    def _compose(name: str, overrides: list[str] | None = None):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=app.CONF_DIR, version_base="1.3"):
+            return compose(config_name=name, overrides=overrides or [])
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,79 @@
+"""The DeepSpeed train loop (world size 1): loss goes down; stop + resume equals an uninterrupted run."""
+import json
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from proxy_exp import tracking, units
+from proxy_exp.config import (CorpusConfig, ModelConfig, PathsConfig, PretrainConfig, TokenizerConfig,
+                              TrackingConfig, TrainJobConfig)
+from proxy_exp.train.loop import lr_lambda, plan_training, train
+
+
+def _cfg(root, **pretrain) -> TrainJobConfig:
+    p = dict(max_tokens=64 * 16 * 40, seq_len=64, global_batch=16, micro_batch=8, lr=5e-3, checkpoint_every=10,
+             log_every=5, warmup_frac=0.1)
+    p.update(pretrain)
+    return TrainJobConfig(
+        model=ModelConfig(name="xs", arch="llama", n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, max_seq_len=64),
+        tokenizer=TokenizerConfig(vocab_size=512, sample_bytes_per_corpus=200_000),
+        corpus=CorpusConfig(name="shakespeare", source="shakespeare", max_bytes=400_000),
+        pretrain=PretrainConfig(**p), seed=0, paths=PathsConfig(root=str(root)),
+        tracking=TrackingConfig(experiment="test-train"))
+
+
+def _loss_history(root, run_id):
+    client = MlflowClient(tracking.tracking_uri(TrackingConfig(), str(root)))
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)]
+
+
+def test_lr_schedule_warmup_then_cosine():
+    vals = [lr_lambda(s, 100, 0.1, 0.1) for s in range(100)]
+    assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(vals[10:], vals[11:]))
+    assert vals[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_exact_token_budget_and_flops():
+    cfg = _cfg("/tmp/x", max_tokens=0)
+    cfg.pretrain.tokens_per_param = 10
+    plan = plan_training(cfg, 512)
+    assert plan.budget_tokens == round(10 * plan.n_params_non_embedding)
+    assert plan.steps * plan.tokens_per_step == plan.tokens and 0 <= plan.tokens - plan.budget_tokens < plan.tokens_per_step
+    assert plan.flops == pytest.approx((6 * plan.n_params_non_embedding + 12 * 2 * 32 * 64) * plan.tokens)
+    assert plan.gradient_accumulation == 2
+
+
+def test_train_lowers_loss_and_logs(tmp_path):
+    r = train(_cfg(tmp_path), progress=False)
+    hist = _loss_history(tmp_path, r.run_id)
+    assert [s for s, _ in hist] == list(range(1, 41))  # every step once
+    assert hist[-1][1] < hist[0][1] - 1.0, hist  # the loss really goes down
+    assert os.path.exists(os.path.join(r.model_dir, "model.safetensors"))
+    meta = json.load(open(os.path.join(r.model_dir, "proxy_exp.json")))
+    assert meta["train_flops"] == pytest.approx(r.flops)
+    assert units.read_done(str(tmp_path), r.unit_id)["final_loss"] == pytest.approx(r.final_loss)
+    # the saved model loads like any HF model, with its tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM.from_pretrained(r.model_dir)
+    assert AutoTokenizer.from_pretrained(r.model_dir).decode(
+        AutoTokenizer.from_pretrained(r.model_dir)("To be, or not")["input_ids"]) == "To be, or not"
+    # a second call finds the completion marker and does not train again
+    again = train(_cfg(tmp_path), progress=False)
+    assert again.run_id == r.run_id and again.final_loss == r.final_loss
+
+
+def test_stop_and_resume_matches_uninterrupted(tmp_path):
+    full = train(_cfg(tmp_path / "a"), progress=False)
+    part = train(_cfg(tmp_path / "b", stop_after_steps=15), progress=False)
+    assert part.stopped and part.steps == 15
+    ckpts = sorted(os.listdir(os.path.join(str(tmp_path / "b"), "units", part.unit_id, "checkpoints")))
+    assert "step-10" in ckpts and "step-15" in ckpts
+    resumed = train(_cfg(tmp_path / "b"), progress=False)
+    assert not resumed.stopped and resumed.steps == 40
+    assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-5)
+    assert resumed.run_id == part.run_id  # the resumed unit continues its own MLflow run
+    a, b = _loss_history(tmp_path / "a", full.run_id), _loss_history(tmp_path / "b", resumed.run_id)
+    assert [s for s, _ in b] == list(range(1, 41))  # no lost and no duplicated steps
+    assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-5)
