@@ -76,7 +76,7 @@ class CampaignReport:
         if not proxies.empty:
             best = proxies.sort_values(["decision_accuracy", "compute", "spearman"],
                                        ascending=[False, True, False]).iloc[0]
-            out += ["", line(f"best proxy {best.label}", best)]
+            out += ["", line(f"best proxy (picked on these same corpora, so optimistic) {best.label}", best)]
         out += ["", "Pareto frontier (compute relative to one target run -> decision accuracy):"]
         out += [f"  {r.label}: {r.compute:.3g} -> {r.decision_accuracy:.3f}" for r in self.frontier.itertuples()]
         if self.notes:

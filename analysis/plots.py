@@ -94,12 +94,11 @@ def plot_ranking(table_df: pd.DataFrame, path: str, title: str = "Corpus ranking
         offset = (i - (len(rank_cols) - 1) / 2) * 0.08
         ax.scatter(table_df[truth_rank_col] + offset, table_df[col], marker=markers[i % len(markers)],
                    color=f"C{i}", label=col.replace("_rank", ""), s=40)
-    for r in table_df.itertuples(index=False):
-        ax.annotate(str(getattr(r, corpus_col)), (getattr(r, truth_rank_col), getattr(r, truth_rank_col)),
-                    fontsize=7, xytext=(5, 3), textcoords="offset points", color="grey")
-    ax.set_xlabel("true rank (1 = best)")
-    ax.set_ylabel("predicted rank (1 = best)")
     ax.set_xticks(range(1, n + 1))
+    ax.set_xticklabels([f"{k}\n{c}" for k, c in sorted(zip(table_df[truth_rank_col], table_df[corpus_col]))],
+                       fontsize=8)
+    ax.set_xlabel("true rank (1 = best) and corpus")
+    ax.set_ylabel("predicted rank (1 = best)")
     ax.set_yticks(range(1, n + 1))
     ax.set_title(title)
     ax.legend(fontsize=8)

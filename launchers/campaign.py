@@ -154,6 +154,11 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
         report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis,
                                   truth_metric=cfg.evaluate.primary_metric)
     parent.end("FINISHED" if report is not None else "FAILED")
+    if report is not None:
+        print("\n" + report.summary_text())
+        print("\nwritten:")
+        for name, path in report.files.items():
+            print(f"  {name:13s} {path}")
     if outcome.failed:
         print(f"\n{len(outcome.failed)} unit(s) failed; rerun the same command to retry only those:")
         for uid, err in outcome.failed.items():

@@ -61,6 +61,7 @@ def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
                 tid = units.train_unit_id(tcfg.model, tcfg.tokenizer, tcfg.tokenizer_corpora, tcfg.corpus,
                                           tcfg.pretrain, seed)
                 tcfg.unit_id = tid
+                tcfg.tags = {"role": role, "name": f"train {corpus_name} {size} s{seed}"}
                 plan.append(Unit(tid, "train", role, corpus_name, size, seed, tcfg))
                 model_cfg = dataclasses.replace(tcfg.model, arch="pretrained",
                                                 path=os.path.join(units.unit_dir(root, tid), "model"))

@@ -111,8 +111,8 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
                 pending.remove(u)
                 out.skipped[u.id] = "a dependency failed"
                 say("skipped", u, out.skipped[u.id])
-        # launch what is ready
-        for u in list(pending):
+        # launch what is ready: training first, the largest (target) models first, since they are the critical path
+        for u in sorted(pending, key=lambda u: (u.kind != "train", u.role != "target")):
             if len(running) >= max(1, ex.max_parallel):
                 break
             if all(d in finished for d in u.depends_on):

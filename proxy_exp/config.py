@@ -210,6 +210,7 @@ class TrainJobConfig(JobBase):
     tokenizer_corpora: Dict[str, CorpusConfig] = field(default_factory=dict)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
+    tags: Dict[str, str] = field(default_factory=dict)  # extra MLflow tags (role, name), set by the campaign
 
 
 @dataclass

@@ -268,7 +268,7 @@ def test_campaign_decisions_planted(report):
     text = report.summary_text()
     assert "primary proxy top5/freq: decision accuracy 1.000" in text
     assert "cross-entropy ce/uniform: decision accuracy 0.000" in text
-    assert "best proxy top5/freq @ xs" in text
+    assert "best proxy (picked on these same corpora, so optimistic) top5/freq @ xs" in text
 
 
 def test_campaign_decisions_needs_truth():

@@ -184,10 +184,10 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
     if env.is_main:
         run_id_file = os.path.join(udir, "mlflow_run_id")
         prev = open(run_id_file).read().strip() if os.path.exists(run_id_file) and start_step > 0 else ""
-        tags = tracking.unit_tags("train", unit_id, cfg.campaign, corpus=cfg.corpus.name, size=cfg.model.name,
-                                  seed=cfg.seed)
-        run = tracking.Run(cfg.tracking, root, f"train {cfg.corpus.name} {cfg.model.name} s{cfg.seed}", tags,
-                           cfg.parent_run_id, run_id=prev)
+        extra = {"corpus": cfg.corpus.name, "size": cfg.model.name, "seed": cfg.seed, "role": "proxy"} | cfg.tags
+        name = extra.pop("name", f"train {cfg.corpus.name} {cfg.model.name} s{cfg.seed}")
+        tags = tracking.unit_tags("train", unit_id, cfg.campaign, **extra)
+        run = tracking.Run(cfg.tracking, root, name, tags, cfg.parent_run_id, run_id=prev)
         with open(run_id_file, "w") as f:
             f.write(run.run_id)
         run.log_params(flat_params(cfg.model, "model") | flat_params(cfg.pretrain, "pretrain")
