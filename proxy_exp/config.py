@@ -103,8 +103,12 @@ class PretrainConfig:
     log_every: int = 10
     stop_after_steps: int = 0  # >0: stop (as if preempted) after this many steps of this process
     nodes: int = 1
-    gpus_per_node: int = 0
+    gpus_per_node: int = 0  # >0: one task (rank) per GPU, NCCL
+    tasks_per_node: int = 1  # CPU ranks per node when gpus_per_node == 0 (gloo)
     num_threads: int = 1
+    # Slurm's pre-timeout / preemption signal: every rank finishes its step, a checkpoint is saved at the
+    # step boundary, the job requeues itself and resumes from that checkpoint.
+    preempt_signal: str = "USR2"
 
 
 @dataclass

@@ -77,3 +77,30 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path):
     a, b = _loss_history(tmp_path / "a", full.run_id), _loss_history(tmp_path / "b", resumed.run_id)
     assert [s for s, _ in b] == list(range(1, 41))  # no lost and no duplicated steps
     assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-5)
+
+
+def test_preemption_signal_saves_at_step_boundary_and_resumes(tmp_path):
+    """USR2 mid-run (not under Slurm): the loop finishes its step, checkpoints, stops; a rerun resumes exactly."""
+    import signal
+    import threading
+    import time
+
+    steps = 200
+    full = train(_cfg(tmp_path / "a", max_tokens=64 * 16 * steps), progress=False)
+    cfg = _cfg(tmp_path / "b", max_tokens=64 * 16 * steps)
+    ckpt = os.path.join(str(tmp_path / "b"), "units", full.unit_id, "checkpoints", "step-10", "COMPLETE")
+
+    def send_when_training():
+        deadline = time.time() + 120
+        while not os.path.exists(ckpt) and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    threading.Thread(target=send_when_training, daemon=True).start()
+    part = train(cfg, progress=False)
+    assert part.stopped and 10 <= part.steps < steps
+    latest = os.path.join(str(tmp_path / "b"), "units", full.unit_id, "checkpoints", f"step-{part.steps}", "COMPLETE")
+    assert os.path.exists(latest)  # saved at the step boundary where it stopped
+    resumed = train(_cfg(tmp_path / "b", max_tokens=64 * 16 * steps), progress=False)
+    assert resumed.steps == steps and resumed.final_loss == pytest.approx(full.final_loss, abs=1e-5)
+    assert [s for s, _ in _loss_history(tmp_path / "b", resumed.run_id)] == list(range(1, steps + 1))

@@ -15,6 +15,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -90,6 +93,58 @@ def lr_lambda(step: int, total: int, warmup_frac: float, min_ratio: float) -> fl
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PreemptionFlag:
+    """Set by Slurm's pre-timeout / preemption signal; read only at step boundaries.
+
+    The handler only records the signal (never saves from inside it: a collective or a checkpoint there can
+    deadlock). All ranks agree on the flag with one all-reduce per step, finish the step, save, and requeue.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.requested = False
+        self.signum = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
+        if self.signum is None:
+            raise ValueError(f"pretrain.preempt_signal={name!r} is not a signal name (e.g. USR2, USR1, TERM)")
+        self._previous = None
+
+    def __enter__(self) -> "PreemptionFlag":
+        try:
+            self._previous = signal.signal(self.signum, self._handle)
+        except ValueError:  # not the main thread: no handler, training still works
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+
+    def agreed(self, world_size: int) -> bool:
+        if world_size == 1:
+            return self.requested
+        import torch.distributed as tdist
+
+        t = torch.tensor([1.0 if self.requested else 0.0])
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+
+def slurm_job_id() -> str | None:
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+def requeue_and_wait(job_id: str, wait_s: float = 300.0) -> None:
+    """Ask Slurm to requeue this job, then wait to be stopped (the requeue kills this process)."""
+    print(f"[proxy-exp] checkpoint saved; requeueing Slurm job {job_id}", file=sys.stderr, flush=True)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+    time.sleep(wait_s)
 
 
 def _latest_checkpoint(ckpt_root: str) -> int | None:
@@ -206,8 +261,11 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
         bar = tqdm(total=plan.steps, initial=start_step, desc=f"train {cfg.corpus.name}/{cfg.model.name}",
                    unit="step", dynamic_ncols=True)
     last_loss = float("nan")
+    preempted_at = 0
     engine.train()
+    flag = PreemptionFlag(p.preempt_signal)
     try:
+        flag.__enter__()
         for step in range(start_step, stop_at):
             idx = batch_indices(packed.num_sequences, step, p.global_batch, cfg.seed)
             mine = idx[env.rank * per_rank:(env.rank + 1) * per_rank]
@@ -232,19 +290,34 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}")
             is_last = done_steps == stop_at
-            if (p.checkpoint_every and done_steps % p.checkpoint_every == 0) or is_last:
+            preempt = not is_last and flag.agreed(env.world_size)
+            if (p.checkpoint_every and done_steps % p.checkpoint_every == 0) or is_last or preempt:
                 _save_checkpoint(engine, ckpt_root, done_steps, env.is_main, p.keep_checkpoints)
                 if run is not None:
                     run.flush()  # metrics reach MLflow only with a complete checkpoint behind them
+            if preempt:
+                preempted_at = done_steps
+                break
     except BaseException:
         if run is not None:
             run._buffer.clear()  # steps after the last checkpoint are recomputed on resume
             run.end("FAILED")
         raise
     finally:
+        flag.__exit__()
         if bar is not None:
             bar.close()
 
+    if preempted_at:
+        job = slurm_job_id()
+        if run is not None:
+            run.set_tags({tracking.TAG + "preempted_at_step": preempted_at})
+            run.flush()
+        if job and env.is_main:
+            requeue_and_wait(job)
+        elif job:
+            time.sleep(300)  # the requeue issued by rank 0 stops every rank
+        stop_at = preempted_at  # not under Slurm: stop here; rerunning resumes from the checkpoint
     stopped = stop_at < plan.steps
     model_dir = os.path.join(udir, "model")
     if not stopped and env.is_main:
