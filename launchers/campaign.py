@@ -2,7 +2,8 @@
 
 plan (units with stable ids) -> state (what is done) -> prepare shared data once -> submit (dependencies
 first, at most executor.max_parallel at once) -> analyse what MLflow holds -> print the ranking.
-``action=plan`` (or ``dry_run=true``) prints the units, sizes, tokens and FLOPs; ``action=status`` what is done.
+``action=plan`` (or ``dry_run=true``) prints the units, sizes, tokens and FLOPs; ``action=status`` the state of
+every unit; with ``executor=slurm*`` the run submits and returns at once, and ``action=collect`` analyses.
 """
 from __future__ import annotations
 
@@ -67,13 +68,19 @@ def print_plan(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     print(f"total training FLOPs: {rows['train_flops'].sum():.3g}; outputs under {resolve_root(cfg.paths)}")
 
 
-def print_status(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
-    done = done_units(cfg, plan)
-    root = resolve_root(cfg.paths)
-    for u in plan:
-        state = "done" if u.id in done else ("partial" if os.path.isdir(units.unit_dir(root, u.id)) else "missing")
-        print(f"{state:8s} {u.label}  {u.id}")
-    print(f"{len(done)}/{len(plan)} units done")
+def print_status(cfg: CampaignJobConfig, plan: list[Unit]) -> dict[str, int]:
+    """Every unit: done / pending / running / preempted / failed / cancelled / missing, job id, log path."""
+    from collections import Counter
+
+    from launchers.state import unit_states
+
+    states = unit_states(plan, resolve_root(cfg.paths), campaign_dir(cfg, plan))
+    for s in states:
+        print(f"{s.state:9s} {s.unit.label}  {s.unit.id}  {('job ' + s.job_id) if s.job_id else ''}"
+              f"{('  log ' + s.log) if s.log and s.state != 'done' else ''}")
+    counts = Counter(s.state for s in states)
+    print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(plan)} units)")
+    return dict(counts)
 
 
 def prepare_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
@@ -114,6 +121,56 @@ def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> tracking
                    | flat_params(cfg.pretrain, "pretrain"))
     run.log_artifact(plan_file, "plan")
     return run
+
+
+def submit_campaign(cfg: CampaignJobConfig) -> dict[str, dict]:
+    """Slurm: submit every unit that is missing, failed or cancelled, and return at once with the job ids."""
+    from launchers.state import load_jobs, needs_submission, save_jobs, unit_states
+    from launchers.submit import submit_slurm
+
+    plan = plan_campaign(cfg)
+    root = resolve_root(cfg.paths)
+    cdir = campaign_dir(cfg, plan)
+    tracking.ensure_experiment(cfg.tracking, root)
+    states = unit_states(plan, root, cdir)
+    to_submit = {s.unit.id for s in states if needs_submission(s)}
+    running = {s.unit.id: s.job_id for s in states if s.state in ("pending", "running", "preempted")}
+    parent = _parent_run(cfg, plan, cdir)
+    for u in plan:
+        u.config.parent_run_id = parent.run_id
+    if any(u.kind == "train" and u.id in to_submit for u in plan):
+        prepare_data(cfg, [u for u in plan if u.id in to_submit])
+    folder = os.path.join(cdir, "submitit", time.strftime("%Y%m%d-%H%M%S"), "%j")
+    records = submit_slurm(plan, to_submit, running, cfg.executor, folder)
+    save_jobs(cdir, load_jobs(cdir) | records)
+    n_done = sum(s.state == "done" for s in states)
+    print(f"campaign {cfg.campaign.name}: submitted {len(records)} unit(s) to Slurm; {n_done} done, "
+          f"{len(running)} already pending or running")
+    for u in plan:
+        if u.id in records:
+            print(f"  job {records[u.id]['job_id']:>10s}  {u.label}  {u.id}")
+    print(f"status:  proxy-campaign action=status  (same overrides)\n"
+          f"collect: proxy-campaign action=collect (analyses once every unit is done)")
+    return records
+
+
+def collect_campaign(cfg: CampaignJobConfig):
+    """Analyse a campaign whose units ran elsewhere (Slurm): everything is read back from MLflow."""
+    from launchers.analyze import analyze_campaign
+
+    plan = plan_campaign(cfg)
+    counts = print_status(cfg, plan)
+    if counts.get("done", 0) != len(plan):
+        raise ValueError(f"campaign {cfg.campaign.name}: {len(plan) - counts.get('done', 0)} unit(s) not done yet; "
+                         "rerun proxy-campaign (action=run) to resubmit failed or missing units, then collect again")
+    root = resolve_root(cfg.paths)
+    cdir = campaign_dir(cfg, plan)
+    parent = _parent_run(cfg, plan, cdir)
+    report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis,
+                              truth_metric=cfg.evaluate.primary_metric)
+    parent.end("FINISHED")
+    print("\n" + report.summary_text())
+    return report
 
 
 def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
@@ -177,8 +234,14 @@ def _main(cfg: DictConfig) -> int:
     if job.action == "status":
         print_status(job, plan)
         return 0
+    if job.action == "collect":
+        collect_campaign(job)
+        return 0
     if job.action != "run":
-        raise ValueError(f"action={job.action!r}: use run, plan or status")
+        raise ValueError(f"action={job.action!r}: use run, plan, status or collect")
+    if job.executor.kind == "slurm":
+        submit_campaign(job)  # returns at once
+        return 0
     outcome, report = run_campaign(job)
     if outcome.failed or outcome.skipped or report is None:
         sys.exit(1)

@@ -31,6 +31,10 @@ def run_unit(kind: str, config: Any) -> Any:
     from launchers.app import offline_env
 
     offline_env()
+    inject = os.environ.get("PROXY_EXP_FAIL_UNITS", "")
+    if inject and getattr(config, "unit_id", "") in inject.split(","):
+        # fault injection, for testing the failure path of a campaign (set by tests, never by config)
+        raise RuntimeError(f"failure injected into unit {config.unit_id} (PROXY_EXP_FAIL_UNITS)")
     return job_function(kind)(config, progress=False)
 
 
@@ -129,3 +133,72 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
         if running:
             time.sleep(poll_s)
     return out
+
+
+def max_array_size() -> int:
+    """Slurm's MaxArraySize (arrays are split above it)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            if line.split("=")[0].strip() == "MaxArraySize":
+                return max(1, int(line.split("=")[1].strip()) - 1)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return 1000
+
+
+def _train_resources(u: Unit) -> dict[str, int]:
+    p = u.config.pretrain
+    per_node = p.gpus_per_node if p.gpus_per_node > 0 else p.tasks_per_node
+    res = {"nodes": max(1, p.nodes), "tasks_per_node": max(1, per_node)}
+    if p.gpus_per_node > 0:
+        res["gpus_per_node"] = p.gpus_per_node
+    return res
+
+
+def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, str], ex: ExecutorConfig,
+                 folder: str) -> dict[str, dict]:
+    """Submit units to Slurm and return at once: training units as job arrays (one per resource shape, split
+    above MaxArraySize), each score / evaluate unit as a job that starts after its training unit succeeds
+    (``afterok``; ``kill-on-invalid-dep`` cancels it if training fails). ``running_jobs`` maps units already
+    pending or running to their job ids, so new dependants wait for them. Returns unit id -> job record."""
+    import submitit
+
+    records: dict[str, dict] = {}
+    job_of = dict(running_jobs)
+    chosen = [u for u in plan if u.id in to_submit]
+
+    def record(u: Unit, job) -> None:
+        job_of[u.id] = job.job_id
+        records[u.id] = {"job_id": job.job_id, "kind": u.kind, "folder": folder, "stdout": str(job.paths.stdout),
+                         "stderr": str(job.paths.stderr), "submitted": time.time()}
+
+    with submitit.helpers.clean_env():  # the driver may itself run inside an allocation
+        groups: dict[tuple, list[Unit]] = {}
+        for u in chosen:
+            if u.kind == "train":
+                groups.setdefault(tuple(sorted(_train_resources(u).items())), []).append(u)
+        limit = max_array_size()
+        for shape, us in groups.items():
+            executor = make_executor(ex, folder)
+            executor.update_parameters(name="proxy-train", slurm_array_parallelism=max(1, ex.max_parallel),
+                                       **dict(shape))
+            for i in range(0, len(us), limit):
+                chunk = us[i:i + limit]
+                with executor.batch():
+                    jobs = [executor.submit(run_unit, "train", u.config) for u in chunk]
+                for u, job in zip(chunk, jobs):
+                    record(u, job)
+        executor = make_executor(ex, folder)
+        for u in chosen:
+            if u.kind == "train":
+                continue
+            extra = dict(ex.additional_parameters)
+            deps = [job_of[d] for d in u.depends_on if d in job_of]
+            if deps:
+                extra.update({"dependency": "afterok:" + ":".join(deps), "kill_on_invalid_dep": "yes"})
+            executor.update_parameters(name=f"proxy-{u.kind}", slurm_additional_parameters=extra)
+            record(u, executor.submit(run_unit, u.kind, u.config))
+    return records
