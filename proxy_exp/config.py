@@ -205,6 +205,18 @@ class JobBase:
 
 
 @dataclass
+class InLoopConfig:
+    """Proxies (and optionally direct evaluation) at many checkpoints of one run, without extra jobs:
+    scored inside the train loop every N steps and logged as step metrics (as OLMo's in-loop evaluations)."""
+
+    score_every: int = 0  # steps; 0 = off
+    eval_every: int = 0  # steps; 0 = off
+    traces: TracesConfig = field(default_factory=lambda: TracesConfig(per_task=4))
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(limit=50))
+
+
+@dataclass
 class TrainJobConfig(JobBase):
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -215,6 +227,7 @@ class TrainJobConfig(JobBase):
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
     tags: Dict[str, str] = field(default_factory=dict)  # extra MLflow tags (role, name), set by the campaign
+    in_loop: InLoopConfig = field(default_factory=InLoopConfig)  # does not change the model: not in the unit id
 
 
 @dataclass

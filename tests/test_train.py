@@ -104,3 +104,21 @@ def test_preemption_signal_saves_at_step_boundary_and_resumes(tmp_path):
     resumed = train(_cfg(tmp_path / "b", max_tokens=64 * 16 * steps), progress=False)
     assert resumed.steps == steps and resumed.final_loss == pytest.approx(full.final_loss, abs=1e-5)
     assert [s for s, _ in _loss_history(tmp_path / "b", resumed.run_id)] == list(range(1, steps + 1))
+
+
+def test_in_loop_scoring_logs_proxies_as_step_metrics(tmp_path):
+    from proxy_exp.config import EvaluateConfig, InLoopConfig, TracesConfig
+    from tests.conftest import FIXTURES
+
+    cfg = _cfg(tmp_path, max_tokens=64 * 16 * 20)
+    cfg.in_loop = InLoopConfig(score_every=10, eval_every=20,
+                               traces=TracesConfig(source="jsonl", tasks=[], per_task=0,
+                                                   paths=[os.path.join(FIXTURES, "traces.jsonl")]),
+                               evaluate=EvaluateConfig(tasks=["arc_easy"], limit=4))  # short answers: 64-token model
+    r = train(cfg, progress=False)
+    client = MlflowClient(tracking.tracking_uri(TrackingConfig(), str(tmp_path)))
+    ce = sorted(client.get_metric_history(r.run_id, "proxy/ce/uniform"), key=lambda m: m.step)
+    assert [m.step for m in ce] == [10, 20]
+    assert ce[1].value < ce[0].value  # the model learns, and the in-loop proxy sees it
+    assert len([k for k in client.get_run(r.run_id).data.metrics if k.startswith("proxy/")]) == 80
+    assert [m.step for m in client.get_metric_history(r.run_id, "eval/mean/acc")] == [20]

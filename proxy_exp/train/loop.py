@@ -251,6 +251,8 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
                           "steps": plan.steps, "tokens": plan.tokens, "world_size": env.world_size,
                           "unit_dir": udir, "packed_sequences": packed.num_sequences})
 
+    in_loop = InLoopScorer(cfg, tokenizer, cache) if env.is_main and (
+        cfg.in_loop.score_every > 0 or cfg.in_loop.eval_every > 0) else None
     fpt = flops_per_token(counts.non_embedding, cfg.model.n_layers, cfg.model.d_model, p.seq_len)
     per_rank = p.global_batch // env.world_size
     stop_at = plan.steps if p.stop_after_steps <= 0 else min(plan.steps, start_step + p.stop_after_steps)
@@ -286,6 +288,10 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
                 run.log_metrics({"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0],
                                  "train/tokens": done_steps * plan.tokens_per_step,
                                  "train/flops": done_steps * plan.tokens_per_step * fpt}, step=done_steps)
+            if in_loop is not None and in_loop.due(done_steps):
+                metrics = in_loop.metrics(engine.module, done_steps)
+                if run is not None:
+                    run.log_metrics(metrics, step=done_steps)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}")
@@ -347,6 +353,44 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
     if env.world_size > 1:
         tdist.barrier()
     return result
+
+
+class InLoopScorer:
+    """Scores the trace set (and optionally runs direct evaluation) on the in-memory model at step boundaries."""
+
+    def __init__(self, cfg: TrainJobConfig, tokenizer, cache_dir: str) -> None:
+        self.cfg, self.tokenizer, self.cache_dir = cfg.in_loop, tokenizer, cache_dir
+        self.traces = None
+        if self.cfg.score_every > 0:
+            from proxy_exp.data.traces import load_traces
+
+            self.traces = load_traces(self.cfg.traces)
+
+    def due(self, step: int) -> bool:
+        c = self.cfg
+        return (c.score_every > 0 and step % c.score_every == 0) or (c.eval_every > 0 and step % c.eval_every == 0)
+
+    def metrics(self, module, step: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        was_training = module.training
+        module.eval()
+        try:
+            if self.cfg.score_every > 0 and step % self.cfg.score_every == 0:
+                from proxy_exp.score.aggregate import aggregate
+                from proxy_exp.score.scorer import score_traces, token_frequencies
+
+                scored = score_traces(module, self.tokenizer, self.traces, self.cfg.score, progress=False)
+                freq = token_frequencies(scored.tokens["token_id"].to_numpy(), len(self.tokenizer),
+                                         self.cfg.score.freq_smoothing)
+                out.update({k: float(v) for k, v in aggregate(scored.tokens, self.cfg.score, freq).overall.items()})
+            if self.cfg.eval_every > 0 and step % self.cfg.eval_every == 0:
+                from proxy_exp.evaluate.harness import evaluate_in_memory
+
+                ev = evaluate_in_memory(module, self.tokenizer, self.cfg.evaluate, self.cache_dir)
+                out.update({f"eval/mean/{k}": float(v) for k, v in ev.mean.items()})
+        finally:
+            module.train(was_training)
+        return {k: v for k, v in out.items() if v == v}
 
 
 def _save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int) -> None:
