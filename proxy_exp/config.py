@@ -117,6 +117,10 @@ class ScoreConfig:
 
     window: int = 1000  # score only the last N solution tokens
     chunk_tokens: int = 256  # LM-head rows per chunk: memory does not grow with vocab x length
+    # auto | torch | triton: how the LM head + statistics run. torch = the chunked path; triton = the fused
+    # kernel of score/fused.py (one pass over the vocabulary, no logits buffer; needs CUDA + triton);
+    # auto = triton on CUDA when triton imports and the head is a plain linear layer, else torch.
+    kernel: str = "auto"
     batch_size: int = 1
     freq_source: str = "traces"  # traces | corpus: where token frequencies for freq/inv_freq come from
     freq_smoothing: float = 1.0
@@ -198,6 +202,8 @@ class JobBase:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     dry_run: bool = False
+    # Where units run; in JobBase so that a site file (conf/cluster/local.yaml) composes with every entry point.
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     # Filled by the campaign launcher; a standalone run leaves them empty.
     unit_id: str = ""
     campaign: str = ""
@@ -255,9 +261,8 @@ class CampaignJobConfig(JobBase):
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    action: str = "run"  # run | plan | status
+    action: str = "run"  # run | plan | status | collect
 
 
 @dataclass

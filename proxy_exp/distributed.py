@@ -27,24 +27,32 @@ def free_port() -> int:
 
 
 def dist_env() -> DistEnv:
-    """Fill torchrun-style variables from the environment (torchrun, Slurm) or for a single process."""
+    """Rank, world size and rendezvous, in this order of trust:
+
+    1. torchrun (``TORCHELASTIC_RUN_ID``): its RANK / WORLD_SIZE / MASTER_* variables;
+    2. a Slurm step with several tasks (srun, submitit): derived from SLURM_* (submitit's
+       TorchDistributedEnvironment), overwriting whatever RANK / MASTER_* the submitter's environment carried
+       (sbatch exports the caller's environment);
+    3. otherwise one process: rank 0 of 1 on 127.0.0.1 with a free port.
+    """
     env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
+    if "TORCHELASTIC_RUN_ID" in env and "RANK" in env:
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
     elif int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
         import submitit
 
+        for k in ("MASTER_ADDR", "MASTER_PORT"):  # inherited from the submitter: derive them from the job instead
+            env.pop(k, None)
         d = submitit.helpers.TorchDistributedEnvironment()
         rank, world, local = d.rank, d.world_size, d.local_rank
-        env.setdefault("MASTER_ADDR", d.master_addr)
-        env.setdefault("MASTER_PORT", str(d.master_port))
+        env["MASTER_ADDR"], env["MASTER_PORT"] = d.master_addr, str(d.master_port)
     else:
         rank, world, local = 0, 1, 0
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env["MASTER_PORT"] = env.get("MASTER_PORT") or str(free_port())
+        import torch.distributed as tdist
+
+        if not (tdist.is_available() and tdist.is_initialized()):
+            env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(free_port())
     env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", str(free_port()))
     return DistEnv(rank, local, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]))
 
 

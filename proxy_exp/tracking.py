@@ -6,6 +6,7 @@ parent run created in another process (tag ``mlflow.parentRunId``). Metrics are 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Iterable
@@ -32,11 +33,34 @@ def configure(cfg: TrackingConfig, root: str) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str, root: str):
+    """Serialise creation of an embedded SQLite store: processes that create a fresh store at once race on its
+    schema (`table ... already exists`, `duplicate column name`), e.g. the jobs of a Hydra multirun."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    import fcntl
+
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".mlflow.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_experiment(cfg: TrackingConfig, root: str) -> str:
     """Create the store and the experiment once (before jobs fan out: a fresh SQLite store races)."""
+    uri = configure(cfg, root)
+    with _store_lock(uri, root):
+        return _ensure_experiment(cfg, uri, root)
+
+
+def _ensure_experiment(cfg: TrackingConfig, uri: str, root: str) -> str:
     from mlflow.tracking import MlflowClient
 
-    uri = configure(cfg, root)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
@@ -54,9 +78,9 @@ class Run:
                  parent_run_id: str = "", run_id: str = "", reopen: bool = True) -> None:
         from mlflow.tracking import MlflowClient
 
+        exp_id = ensure_experiment(cfg, root)  # first: it creates a fresh store under a lock
         self.uri = configure(cfg, root)
         self.client = MlflowClient(self.uri)
-        exp_id = ensure_experiment(cfg, root)
         all_tags = {"mlflow.runName": name, **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id

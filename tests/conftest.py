@@ -10,6 +10,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
+from tests.slurm_cluster import slurm_cluster  # noqa: E402,F401  (session fixture: the local Slurm cluster)
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 

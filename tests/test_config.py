@@ -118,3 +118,21 @@ def test_unit_ids_stable_and_sensitive():
     assert a == units.train_unit_id(C.ModelConfig(), t, {}, c, C.PretrainConfig(log_every=99), 0)  # operational only
     assert a != units.train_unit_id(m, t, {}, c, C.PretrainConfig(lr=1e-4), 0)
     assert a != units.train_unit_id(m, t, {}, c, p, 1)
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY))
+def test_site_file_composes_with_every_entry_point(tmp_path, name):
+    """conf/cluster/local.yaml (git-ignored, from the template) is loaded by every entry point."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf = tmp_path / "conf"
+    shutil.copytree(app.CONF_DIR, conf)
+    shutil.copy(conf / "cluster" / "example_site.yaml.template", conf / "cluster" / "local.yaml")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=["model.path=/tmp/m"] if name in NEEDS_PATH else [])
+    job = app.to_job(cfg, ENTRY[name])
+    assert job.executor.kind == "slurm" and job.tracking.uri.startswith("http")

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from proxy_exp.config import ScoreConfig
 from proxy_exp.score.stats import (
+    KERNELS,
     STAT_KEYS,
     check_lm_head,
     final_hidden_states,
@@ -127,8 +128,9 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     length. Only solution tokens are scored, and of those only the last ``cfg.window`` (``0`` = the
     whole solution); a token needs one token of context, so after truncation the first kept token is
     never scored. With ``cfg.batch_size > 1`` traces are batched longest first with right padding.
-    The LM head is applied ``cfg.chunk_tokens`` rows at a time. The model is put in eval mode for
-    the call and restored afterwards.
+    The LM head is applied ``cfg.chunk_tokens`` rows at a time, or, per ``cfg.kernel``, fused with the
+    statistics in one Triton kernel on CUDA (:func:`~proxy_exp.score.stats.score_hidden_states`).
+    The model is put in eval mode for the call and restored afterwards.
     """
     if cfg.window < 0:
         raise ValueError(f"score.window must be >= 0 (0 = whole solution), got {cfg.window}")
@@ -136,6 +138,8 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
         raise ValueError(f"score.batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.chunk_tokens < 1:
         raise ValueError(f"score.chunk_tokens must be >= 1, got {cfg.chunk_tokens}")
+    if cfg.kernel not in KERNELS:
+        raise ValueError(f"score.kernel must be one of {KERNELS}, got {cfg.kernel!r}")
     _check_traces(traces)
     max_pos = max_positions(model)
     if max_pos < 2:
@@ -173,7 +177,7 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
                     rows.append(hidden[row, at - 1])
                     targets.append(input_ids[row, at])
                 token_ids = torch.cat(targets)
-                batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens)
+                batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, cfg.kernel)
                 arrays = {key: value.cpu().numpy() for key, value in batch_stats.items()}
                 arrays["token_id"] = token_ids.cpu().numpy()
                 offset = 0

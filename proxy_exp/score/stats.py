@@ -22,6 +22,7 @@ token ``y``; ``p = softmax(x)``. The definitions (method.md, "Token statistics")
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -33,6 +34,8 @@ STAT_KEYS: tuple[str, ...] = (
     "p_expert", "max_p",
 )
 TOP_K: tuple[int, ...] = (1, 2, 3, 5)
+# score.kernel: how score_hidden_states applies the LM head and reduces the vocabulary.
+KERNELS: tuple[str, ...] = ("auto", "torch", "triton")
 
 
 @torch.no_grad()
@@ -75,9 +78,43 @@ def token_stats_from_logits(logits: Tensor, targets: Tensor) -> dict[str, Tensor
     return stats
 
 
+@dataclass(frozen=True)
+class LMHead:
+    """An HF model's LM head as a callable ``hidden[..., D] -> logits[..., V]`` (see :func:`lm_head_of`).
+
+    ``module`` is ``model.get_output_embeddings()``; ``softcap`` the config's
+    ``final_logit_softcapping`` (None: no capping). The fused kernel reads the module's weight and bias.
+    """
+
+    module: torch.nn.Module
+    softcap: float | None = None
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        logits = self.module(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def linear_head_parts(head: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | None, float | None] | None:
+    """``(weight, bias, softcap)`` when ``head`` is a plain linear map (an :class:`LMHead` or ``nn.Linear``), else None.
+
+    A module with hooks (e.g. accelerate's offloading) or weights off-device is not plain: the fused
+    kernel would bypass what its forward does, so such heads stay on the torch path.
+    """
+    softcap = None
+    if isinstance(head, LMHead):
+        head, softcap = head.module, head.softcap
+    if type(head) is not torch.nn.Linear:
+        return None
+    if head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook") or head.weight.is_meta:
+        return None
+    return head.weight, head.bias, softcap
+
+
 @torch.no_grad()
 def score_hidden_states(
-    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_tokens: int
+    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_tokens: int, kernel: str = "auto"
 ) -> dict[str, Tensor]:
     """Token statistics of ``head(hidden)`` at ``targets``, applying the head to ``chunk_tokens`` rows at a time.
 
@@ -85,13 +122,33 @@ def score_hidden_states(
     ``[T, V]`` logits never exist at once (and no autograd graph keeps them): peak memory is
     ``chunk_tokens x V`` floats. Returns the
     same dict as :func:`token_stats_from_logits`, concatenated over chunks.
+
+    ``kernel`` (score.kernel): ``torch`` is the chunked path above; ``triton`` the fused kernel of
+    :mod:`proxy_exp.score.fused` (LM head and statistics in one pass over the vocabulary, no logits
+    buffer, ``chunk_tokens`` unused; ``head`` must be a plain linear head, see :func:`linear_head_parts`);
+    ``auto`` takes ``triton`` when ``hidden`` is on CUDA, triton imports and the head is plain linear,
+    else ``torch``.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"score.kernel must be one of {KERNELS}, got {kernel!r}")
     if chunk_tokens < 1:
         raise ValueError(f"score.chunk_tokens must be >= 1, got {chunk_tokens}")
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be [T, D], got shape {tuple(hidden.shape)}")
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets must be [T] with T={hidden.shape[0]}, got shape {tuple(targets.shape)}")
+    if kernel != "torch":
+        from proxy_exp.score import fused
+
+        parts = linear_head_parts(head)
+        if kernel == "triton" and parts is None:
+            raise ValueError(
+                f"score.kernel='triton' needs a plain linear LM head (nn.Linear, no hooks); got "
+                f"{type(getattr(head, 'module', head)).__name__}: use score.kernel=torch or auto"
+            )
+        if kernel == "triton" or (parts is not None and hidden.is_cuda and fused.triton_available()):
+            weight, bias, softcap = parts
+            return fused.fused_token_stats(hidden, weight, targets.to(hidden.device), softcap=softcap, bias=bias)
     n = hidden.shape[0]
     if n == 0:
         return token_stats_from_logits(head(hidden), targets)
@@ -109,8 +166,8 @@ def _text_config(model):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def lm_head_of(model) -> Callable[[Tensor], Tensor]:
-    """A callable ``hidden[..., D] -> logits[..., V]`` for an HF causal LM.
+def lm_head_of(model) -> LMHead:
+    """A callable ``hidden[..., D] -> logits[..., V]`` for an HF causal LM (an :class:`LMHead`).
 
     It applies ``model.get_output_embeddings()`` and, when the config sets
     ``final_logit_softcapping`` (Gemma 2/3), ``cap * tanh(logits / cap)``. Architectures that scale
@@ -123,15 +180,7 @@ def lm_head_of(model) -> Callable[[Tensor], Tensor]:
             "load the model with AutoModelForCausalLM so that it has an LM head"
         )
     cap = getattr(_text_config(model), "final_logit_softcapping", None)
-
-    if not cap:
-        return out
-
-    def head(hidden: Tensor) -> Tensor:
-        logits = out(hidden)
-        return torch.tanh(logits / cap) * cap
-
-    return head
+    return LMHead(out, float(cap) if cap else None)
 
 
 def max_positions(model) -> int:
