@@ -47,12 +47,12 @@ def _executor(folder, **params):
     return ex
 
 
-def _wait(pred, timeout, what):
+def _wait(pred, timeout, what, poll_s=1.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if pred():
             return
-        time.sleep(1)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -157,13 +157,13 @@ def test_preempted_or_requeued_training_resumes(slurm_cluster, tmp_path, interru
     from launchers.submit import run_unit
     from proxy_exp.train.loop import train
 
-    steps = 300
+    steps = 600
     ref = train(_train_cfg(tmp_path / "ref", max_tokens=64 * 16 * steps), progress=False)
     root = tmp_path / "job"
     cfg = _train_cfg(root, max_tokens=64 * 16 * steps)
     job = _executor(tmp_path / "submitit").submit(run_unit, "train", cfg)
-    ckpt = root / "units" / ref.unit_id / "checkpoints" / "step-10" / "COMPLETE"
-    _wait(ckpt.exists, 300, "the first checkpoint")
+    ckpts = str(root / "units" / ref.unit_id / "checkpoints" / "step-*" / "COMPLETE")
+    _wait(lambda: glob.glob(ckpts), 300, "the first checkpoint", poll_s=0.1)
     if interrupt == "usr2":
         subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
     else:
