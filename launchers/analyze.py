@@ -88,8 +88,49 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     return report
 
 
+def analyze_datadecide(out_dir: str, plots: bool = True) -> str:
+    """DataDecide's recipes ranked at each size below 1B by the seed mean of its likelihood metric, against the
+    1B ranking by three-seed mean accuracy: decision_accuracy.csv and the frontier over sizes."""
+    import pandas as pd
+
+    from analysis.datadecide import datadecide_decision_accuracy
+    from analysis.pareto import pareto_frontier
+
+    table = datadecide_decision_accuracy()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "decision_accuracy.csv")
+    tmp = path + ".tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    with pd.option_context("display.width", 160):
+        print("DataDecide (Magnusson et al. 2025, ODC-BY 1.0): 25 recipes ranked at each size by the seed mean of "
+              "-ln(correct_prob_per_char), vs the 1B ranking by 3-seed mean OLMES accuracy")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if plots:
+        from analysis.plots import plot_frontier
+
+        points = table.assign(method=table["size"], family="likelihood @ size")
+        plot_frontier(points, pareto_frontier(points), os.path.join(out_dir, "frontier.png"),
+                      title="DataDecide: compute vs decision accuracy (vs 1B)")
+    print(f"\nwritten: {path}")
+    return path
+
+
+def _output_dir(job: AnalyzeJobConfig) -> str:
+    if job.output_dir:
+        return job.output_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.output_dir
+
+
 def _main(cfg: DictConfig) -> int:
     job = to_job(cfg, AnalyzeJobConfig)
+    if job.analysis.kind == "datadecide":
+        analyze_datadecide(_output_dir(job), job.analysis.plots)
+        return 0
+    if job.analysis.kind != "campaign":
+        raise ValueError(f"analysis.kind={job.analysis.kind!r}: use campaign or datadecide")
     root = resolve_root(job.paths)
     run_id = job.campaign_run_id or find_campaign_run(job.tracking, root, job.campaign_name or "mini")
     out_dir = job.output_dir or os.path.join(root, "analysis", run_id[:12])

@@ -175,6 +175,7 @@ class ExecutorConfig:
 
 @dataclass
 class AnalysisConfig:
+    kind: str = "campaign"  # campaign: a proxy-exp campaign from MLflow | datadecide: DataDecide's published results
     primary_proxy: str = "top5/freq"  # <statistic>/<weighting> shown in the ranking table
     ce_proxy: str = "ce/uniform"  # the cross-entropy baseline
     plots: bool = True

@@ -72,3 +72,13 @@ def test_bad_traces_file_names_file_and_field(tmp_path, trained):
     r = _cli("proxy-score", f"model.path={model_dir}", f"paths.root={tmp_path}", "traces=jsonl",
              f"traces.paths=[{bad}]", "traces.tasks=[]", ok=False)
     assert r.returncode == 2 and str(bad) in r.stderr and "solution" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_analyze_datadecide_writes_table_into_run_dir(tmp_path):
+    """proxy-analyze analysis=datadecide: decision_accuracy.csv in the run's (Hydra) output directory."""
+    import pandas as pd
+
+    r = _cli("proxy-analyze", "analysis=datadecide", f"hydra.run.dir={tmp_path}/run")
+    table = pd.read_csv(tmp_path / "run" / "decision_accuracy.csv")
+    assert {"size", "compute", "decision_accuracy"} <= set(table.columns) and len(table) == 13
+    assert (tmp_path / "run" / "frontier.png").exists() and "150M" in r.stdout
