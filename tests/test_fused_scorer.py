@@ -82,9 +82,30 @@ def random_problem(seed: int, dtype: torch.dtype = torch.float32, n_dim: int = D
 @pytest.mark.parametrize("splits,block_d", [(1, 16), (3, 64)])
 def test_float32_matches_float64_reference(splits, block_d):
     hidden, weight, targets = random_problem(0)
-    ours = fused.fused_token_stats(hidden, weight, targets, vocab_splits=splits, block_d=block_d)
+    # recount=False: the kernel's own numbers, without the torch recount of rows whose target logit differs
+    ours = fused.fused_token_stats(hidden, weight, targets, vocab_splits=splits, block_d=block_d, recount=False)
     assert_same_stats(ours, reference64(hidden.double() @ weight.double().T, targets), atol=5e-6)
     assert_same_stats(ours, token_stats_from_logits(hidden @ weight.T, targets), atol=5e-6)
+
+
+def test_rows_whose_target_logit_differs_are_recounted_in_torch():
+    # The interpreter's float32 products round differently with the operands' layout (numpy matmul), so
+    # some rows' pre-pass target logit differs from its tile's in the last bit; those rows get the torch
+    # path's statistics, every other row keeps the kernel's.
+    hidden, weight, targets = random_problem(6)
+    before = dict(fused.RECOUNTS)
+    kernel_only = fused.fused_token_stats(hidden, weight, targets, recount=False)
+    differ = fused.RECOUNTS["differ"] - before.get("differ", 0)
+    assert fused.RECOUNTS["recounted"] == before.get("recounted", 0)
+    ours = fused.fused_token_stats(hidden, weight, targets)
+    assert fused.RECOUNTS["recounted"] - before.get("recounted", 0) == differ
+    reference = token_stats_from_logits(hidden @ weight.T, targets)
+    assert_same_stats(ours, reference, atol=5e-6)
+    changed = ~torch.isclose(ours["ce"], kernel_only["ce"], rtol=0, atol=0)
+    assert changed.sum().item() <= differ
+    if differ:  # the recounted rows carry the torch values exactly
+        same_as_torch = torch.isclose(ours["ce"], reference["ce"], rtol=0, atol=0)
+        assert same_as_torch.sum().item() >= differ
 
 
 def test_planted_ties_give_the_exact_pessimistic_rank():
@@ -98,9 +119,9 @@ def test_planted_ties_give_the_exact_pessimistic_rank():
         weight[(y + 301) % V] = weight[y]
         weight[(y + 602) % V] = weight[y]
     hidden[4] = 0.0  # all-equal logits (an untrained head): rank V - 1
-    before = fused.RECOUNTS["recounted"]
-    ours = fused.fused_token_stats(hidden, weight, targets, vocab_splits=2)
-    assert fused.RECOUNTS["recounted"] == before, "the kernel itself must count the ties (no torch recount)"
+    before = fused.RECOUNTS["differ"]
+    ours = fused.fused_token_stats(hidden, weight, targets, vocab_splits=2, recount=False)
+    assert fused.RECOUNTS["differ"] == before, "exact logits: the pre-pass and the tiles must agree"
     ref = reference64(hidden.double() @ weight.double().T, targets)
     assert_same_stats(ours, ref, atol=5e-6)
     assert ours["rank"][4].item() == V - 1 and ours["entropy"][4].item() == pytest.approx(1.0, abs=1e-6)
@@ -110,7 +131,7 @@ def test_planted_ties_give_the_exact_pessimistic_rank():
 
 def test_bfloat16_follows_the_bfloat16_head_and_float64_within_bf16_tolerance():
     hidden, weight, targets = random_problem(2, torch.bfloat16)
-    ours = fused.fused_token_stats(hidden, weight, targets, vocab_splits=2)
+    ours = fused.fused_token_stats(hidden, weight, targets, vocab_splits=2, recount=False)
     # The torch path: the head returns bfloat16 logits, statistics in float32.
     assert_same_stats(ours, token_stats_from_logits(hidden @ weight.T, targets), atol=2e-6)
     # Against float64 of the unrounded product, the difference is bfloat16's logit rounding.
@@ -118,7 +139,7 @@ def test_bfloat16_follows_the_bfloat16_head_and_float64_within_bf16_tolerance():
     for key in ("ce", "entropy", "p_expert", "max_p", "margin"):
         torch.testing.assert_close(ours[key].double(), exact[key], rtol=0, atol=3e-2, msg=key)
     # Without rounding to bfloat16, the kernel keeps float32 accumulations: float64 within float32 error.
-    unrounded = fused.fused_token_stats(hidden, weight, targets, round_logits=False)
+    unrounded = fused.fused_token_stats(hidden, weight, targets, round_logits=False, recount=False)
     assert_same_stats(unrounded, exact, atol=5e-6)
 
 
@@ -127,7 +148,7 @@ def test_softcap_matches_the_torch_head(dtype):
     hidden, weight, targets = random_problem(3, dtype, n_dim=40)
     head = LMHead(torch.nn.Linear(40, V, bias=False).to(dtype), softcap=1.5)
     head.module.weight.data.copy_(weight)
-    ours = fused.fused_token_stats(hidden, weight, targets, softcap=1.5, block_d=32)
+    ours = fused.fused_token_stats(hidden, weight, targets, softcap=1.5, block_d=32, recount=False)
     with torch.no_grad():
         logits = head(hidden)
     assert (logits.float().abs() <= 1.5).all()
@@ -185,3 +206,69 @@ def test_real_models_score_the_same_with_either_kernel():
         fused_stats = score_hidden_states(hidden, head, targets, chunk_tokens=16, kernel="triton")
         assert_same_stats(fused_stats, torch_stats, atol=5e-6)
     assert ScoreConfig().kernel == "auto"
+
+
+def test_cpu_row_blocks_give_the_same_statistics(monkeypatch):
+    # The torch path reduces CPU logits in row blocks of CPU_STATS_BLOCK_ELEMENTS logits (cache-sized);
+    # with blocks of 3 rows here, every statistic must equal the whole-chunk computation exactly.
+    import proxy_exp.score.stats as stats
+
+    hidden, weight, targets = random_problem(7)
+    linear = torch.nn.Linear(D, V, bias=False)
+    linear.weight.data.copy_(weight)
+    whole = token_stats_from_logits(hidden @ weight.T, targets)
+    monkeypatch.setattr(stats, "CPU_STATS_BLOCK_ELEMENTS", 3 * V)
+    blocks = []
+    real = stats.token_stats_from_logits
+    monkeypatch.setattr(stats, "token_stats_from_logits", lambda x, y: blocks.append(x.shape[0]) or real(x, y))
+    blocked = score_hidden_states(hidden, linear, targets, chunk_tokens=20, kernel="torch")
+    assert max(blocks) == 3 and sum(blocks) == T
+    for key in STAT_KEYS:
+        torch.testing.assert_close(blocked[key], whole[key], rtol=0, atol=0, msg=key)
+
+
+COMPILE_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import proxy_exp.score.fused as fused
+
+kernel = fused._token_stats_kernel
+assert type(kernel).__name__ == "JITFunction", type(kernel).__name__
+pointers = {"H": "{dt}", "W": "{dt}", "BIAS": "{dt}", "Y": "i64", "OUT_M": "fp32", "OUT_S": "fp32", "OUT_U": "fp32",
+            "OUT_CNT": "i32", "OUT_LY": "fp32", "OUT_LYPRE": "fp32"}
+for dt, round_code in (("bf16", 1), ("fp32", 0)):
+    constexprs = {"HAS_BIAS": True, "SOFTCAP": True, "ROUND": round_code, "DOT_FP32": False, "INPUT_PRECISION": "ieee",
+                  "BLOCK_T": fused.DEFAULT_BLOCKS["block_t"], "BLOCK_V": fused.DEFAULT_BLOCKS["block_v"],
+                  "BLOCK_D": fused.DEFAULT_BLOCKS["block_d"]}
+    signature = {name: "*" + kind.format(dt=dt) for name, kind in pointers.items()}
+    signature.update({name: "i32" for name in ("T", "V", "D", "stride_ht", "stride_hd", "stride_wv", "stride_wd",
+                                                 "tiles_per_split")})
+    signature["cap"] = "fp32"
+    signature.update({name: "constexpr" for name in constexprs})
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": fused.DEFAULT_BLOCKS["num_warps"],
+                                       "num_stages": fused.DEFAULT_BLOCKS["num_stages"]})
+    ptx = compiled.asm["ptx"]
+    # bf16: tensor-core MMA; fp32: IEEE products, so no (TF32) MMA instruction at all
+    assert ("mma" in ptx) == (dt == "bf16") and len(compiled.asm["cubin"]) > 0, dt
+    print(dt, "ok")
+"""
+
+
+def test_kernel_compiles_for_an_h100_without_a_gpu():
+    # The interpreter runs the kernel's Python; this compiles the same source through Triton's real
+    # pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin) for sm_90, as on an H100, in a process without
+    # TRITON_INTERPRET. Catches what only the compiler sees (types, layouts, dot shapes).
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["bf16", "ok", "fp32", "ok"]

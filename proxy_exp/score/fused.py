@@ -12,13 +12,18 @@ while it updates, online-softmax style, per token:
 - ``cnt``: tokens ``v != y`` with ``l_v >= l_y`` (the pessimistic rank of stats.py);
 - ``l_y``: the expert token's logit, taken from its tile.
 
-Before the pass, each program computes its tokens' target logits ``W[y] . h`` (one small
-``BLOCK_T x BLOCK_T`` product, the diagonal kept), so that the rank is counted in the same single pass.
-The pass gives ``l_y`` again from the expert token's own tile; where the two differ (a different
-accumulation order on some hardware), that token's row is recomputed with the torch path, so the rank
-is exact whatever the kernel's rounding. With ``vocab_splits > 1`` several programs share one token
-tile, each over a contiguous slice of the vocabulary, and their partial ``(m, s, u, cnt)`` are merged
-in torch (for few tokens: fills the GPU).
+Before the pass, each program computes its tokens' target logits ``W[y] . h`` (one extra tile: the
+diagonal of ``h @ [W[y_0], ..., W[y_BT-1], 0, ...]^T``, a product of the vocabulary tiles' shape so that
+it rounds as they do), so that the rank is counted in the same single pass. The pass gives ``l_y``
+again from the expert token's own tile; where the two differ in the last bit (the accumulation order
+of a matmul may depend on the operands' layout: numpy's does in the interpreter), the row is recounted
+with the torch path (``recount=True``), so the rank is exact whatever the kernel's rounding;
+:data:`RECOUNTS` counts such rows. With ``vocab_splits > 1`` several programs share one token tile,
+each over a contiguous slice of the vocabulary, and their partial ``(m, s, u, cnt)`` are merged in
+torch (for few tokens: fills the GPU). The reductions are ``tl.reduce`` with triton's own combine
+functions (what ``tl.sum`` / ``tl.max`` expand to) and the kernel calls no ``@jit`` function of
+``triton.language.standard``: the interpreter cannot run those when triton was imported (as
+``torch._dynamo`` does) before ``TRITON_INTERPRET=1`` was set.
 
 Numerics match the torch path (``head(hidden)`` then float32 statistics): inputs may be float32,
 bfloat16 or float16; products accumulate in float32; with ``round_logits=True`` (the default) each
@@ -30,10 +35,11 @@ roundings as ``stats.lm_head_of``. Float32 inputs use IEEE float32 products (not
 Memory: the output and the per-split partials, ``O(T x vocab_splits)`` floats; no ``[T, V]`` buffer.
 
 Runs on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set before
-triton is imported), which is how the tests check it on machines without a GPU. In the interpreter,
-``tl.dot`` of bfloat16 tiles is wrong (numpy has no bfloat16), so there the tiles are upcast to
-float32 before the product; the products of two bfloat16 numbers are exact in float32, so this changes
-the accumulation order only.
+this module is imported), which is how the tests check it on machines without a GPU. In the
+interpreter, ``tl.dot`` of bfloat16 tiles is wrong (numpy has no bfloat16), so there the tiles are
+upcast to float32 before the product; the products of two bfloat16 numbers are exact in float32, so
+this changes the accumulation order only. The interpreter's float-to-bfloat16 cast truncates, hence
+the explicit round-to-nearest-even.
 """
 from __future__ import annotations
 
@@ -60,8 +66,9 @@ DEFAULT_BLOCKS: dict[str, int] = {"block_t": 64, "block_v": 128, "block_d": 64, 
 # Tile sizes under the interpreter: small, so that the tests cover partial tiles and several vocab tiles.
 INTERPRETER_BLOCKS: dict[str, int] = {"block_t": 16, "block_v": 128, "block_d": 16, "num_warps": 4, "num_stages": 1}
 _ROUND_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-# Diagnostics, summed over calls: tokens scored and tokens whose rank was recounted in torch (see the
-# module docstring); benchmarks print the ratio, which should stay near 0 on a GPU.
+# Diagnostics, summed over calls: tokens scored, tokens whose pre-pass target logit differed from its
+# tile's, and tokens recounted in torch (see the module docstring); benchmarks print the recounted
+# fraction, which should stay near 0 on a GPU.
 RECOUNTS: collections.Counter = collections.Counter()
 
 
@@ -80,6 +87,17 @@ def interpreting() -> bool:
 
 
 if HAVE_TRITON:
+
+    # Reductions as tl.reduce with triton's own combine functions (what tl.sum / tl.max expand to): the
+    # kernel then calls no @jit function of triton.language.standard, which the interpreter cannot run
+    # when triton was imported (e.g. by torch._dynamo) before TRITON_INTERPRET=1 was set.
+    @triton.jit
+    def _row_sum(x):
+        return tl.reduce(x, 1, tl.standard._sum_combine)
+
+    @triton.jit
+    def _row_max(x):
+        return tl.reduce(x, 1, tl.standard._elementwise_max)
 
     @triton.jit
     def _round_logit(x, ROUND: tl.constexpr):
@@ -125,7 +143,8 @@ if HAVE_TRITON:
         rows = pid_t * BLOCK_T + local
         row_ok = rows < T
         rows64 = rows.to(tl.int64)
-        y = tl.load(Y + rows, mask=row_ok, other=0).to(tl.int64)
+        y = tl.load(Y + rows, mask=row_ok, other=0).to(tl.int64)  # for addresses
+        y32 = y.to(tl.int32)  # for comparisons (V < 2**31): half the registers of int64 tiles
         offs_d = tl.arange(0, BLOCK_D)
 
         # ---- the target logits W[y] . h of this token tile: the diagonal of h @ [W[y_0], ..., W[y_BT-1], 0...]^T,
@@ -135,7 +154,7 @@ if HAVE_TRITON:
         y_col = tl.load(Y + pid_t * BLOCK_T + col_tok, mask=(offs_v < BLOCK_T) & (pid_t * BLOCK_T + col_tok < T),
                         other=0).to(tl.int64)
         y_col_ok = (offs_v < BLOCK_T) & (pid_t * BLOCK_T + col_tok < T)
-        acc_y = tl.zeros((BLOCK_T, BLOCK_V), dtype=tl.float32)
+        acc_y = tl.full((BLOCK_T, BLOCK_V), 0.0, dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             d = d0 + offs_d
             d_ok = d < D
@@ -147,7 +166,7 @@ if HAVE_TRITON:
                 h = h.to(tl.float32)
                 wy = wy.to(tl.float32)
             acc_y = tl.dot(h, wy, acc_y, input_precision=INPUT_PRECISION)
-        ly_pre = tl.sum(tl.where(local[:, None] == offs_v[None, :], acc_y, 0.0), axis=1)
+        ly_pre = _row_sum(tl.where(local[:, None] == offs_v[None, :], acc_y, 0.0))
         if HAS_BIAS:
             by = tl.load(BIAS + y, mask=row_ok, other=0.0).to(tl.float32)
         else:
@@ -156,17 +175,17 @@ if HAVE_TRITON:
 
         # ---- one pass over this program's slice of the vocabulary
         m = tl.full((BLOCK_T,), float("-inf"), dtype=tl.float32)
-        s = tl.zeros((BLOCK_T,), dtype=tl.float32)
-        u = tl.zeros((BLOCK_T,), dtype=tl.float32)
-        cnt = tl.zeros((BLOCK_T,), dtype=tl.int32)
-        ly = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        s = tl.full((BLOCK_T,), 0.0, dtype=tl.float32)
+        u = tl.full((BLOCK_T,), 0.0, dtype=tl.float32)
+        cnt = tl.full((BLOCK_T,), 0, dtype=tl.int32)
+        ly = tl.full((BLOCK_T,), 0.0, dtype=tl.float32)
         v_start = pid_s * tiles_per_split * BLOCK_V
         v_end = tl.minimum(v_start + tiles_per_split * BLOCK_V, V)
         for v0 in range(v_start, v_end, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             col_ok = cols < V
             cols64 = cols.to(tl.int64)
-            acc = tl.zeros((BLOCK_T, BLOCK_V), dtype=tl.float32)
+            acc = tl.full((BLOCK_T, BLOCK_V), 0.0, dtype=tl.float32)
             for d0 in range(0, D, BLOCK_D):
                 d = d0 + offs_d
                 d_ok = d < D
@@ -185,19 +204,19 @@ if HAVE_TRITON:
             logit = _head_transform(acc, b, cap, HAS_BIAS, SOFTCAP, ROUND)
             logit = tl.where(col_ok[None, :], logit, float("-inf"))
 
-            m_new = tl.maximum(m, tl.max(logit, axis=1))
+            m_new = tl.maximum(m, _row_max(logit))
             alpha = tl.exp(m - m_new)  # 0 on the first tile (m = -inf)
             shift = tl.where(m == float("-inf"), 0.0, m - m_new)
             z = tl.where(col_ok[None, :], logit - m_new[:, None], 0.0)
             e = tl.where(col_ok[None, :], tl.exp(z), 0.0)
-            u = alpha * (u + shift * s) + tl.sum(e * z, axis=1)
-            s = alpha * s + tl.sum(e, axis=1)
+            u = alpha * (u + shift * s) + _row_sum(e * z)
+            s = alpha * s + _row_sum(e)
             m = m_new
 
-            is_y = cols64[None, :] == y[:, None]
+            is_y = cols[None, :] == y32[:, None]
             ge = (logit >= ly_pre[:, None]) & col_ok[None, :] & (~is_y)
-            cnt += tl.sum(ge.to(tl.int32), axis=1)
-            ly += tl.sum(tl.where(is_y, logit, 0.0), axis=1)
+            cnt += _row_sum(ge.to(tl.int32))
+            ly += _row_sum(tl.where(is_y, logit, 0.0))
 
         out = pid_s * T + rows
         tl.store(OUT_M + out, m, mask=row_ok)
@@ -266,6 +285,7 @@ def fused_token_stats(
     softcap: float | None = None,
     bias: Tensor | None = None,
     round_logits: bool = True,
+    recount: bool = True,
     vocab_splits: int | None = None,
     block_t: int | None = None,
     block_v: int | None = None,
@@ -278,7 +298,9 @@ def fused_token_stats(
     ``hidden[T, D]``, ``weight[V, D]`` (one dtype: float32, bfloat16 or float16), ``targets[T]`` ids in
     ``[0, V)``. ``softcap``: Gemma's ``final_logit_softcapping`` (``cap * tanh(l / cap)``), None for none.
     ``round_logits``: round each logit to the input dtype as the torch head does (False keeps the
-    float32 accumulations). ``vocab_splits``: programs per token tile (None: enough to fill the GPU).
+    float32 accumulations). ``recount``: recount in torch the rows whose target logit from the
+    pre-pass differs from its tile's (False: keep the kernel's counts, for tests).
+    ``vocab_splits``: programs per token tile (None: enough to fill the GPU).
     Tile sizes default to :data:`DEFAULT_BLOCKS` (CUDA) or :data:`INTERPRETER_BLOCKS`.
     Returns ``{name: Tensor[T]}`` with keys :data:`~proxy_exp.score.stats.STAT_KEYS`, ``rank`` int64, the
     rest float32, as :func:`~proxy_exp.score.stats.token_stats_from_logits`.
@@ -287,7 +309,8 @@ def fused_token_stats(
     n_tokens, n_dim = hidden.shape
     n_vocab = weight.shape[0]
     device = hidden.device
-    targets = targets.long()
+    targets = targets.long().contiguous()  # the kernel indexes targets and bias with unit stride
+    bias = bias.contiguous() if bias is not None else None
     if n_tokens == 0:
         return token_stats_from_logits(hidden.new_zeros((0, n_vocab)), targets)
     lo, hi = int(targets.min()), int(targets.max())
@@ -302,6 +325,9 @@ def fused_token_stats(
     for name in ("block_t", "block_v", "block_d"):
         if blocks[name] < 16 or blocks[name] & (blocks[name] - 1):
             raise ValueError(f"{name} must be a power of two >= 16 (tl.dot), got {blocks[name]}")
+    if blocks["block_v"] < blocks["block_t"]:
+        raise ValueError(f"block_v ({blocks['block_v']}) must be >= block_t ({blocks['block_t']}): the target-logit "
+                         "pre-pass puts one token's target row in each column of a vocabulary-shaped tile")
     n_token_tiles = triton.cdiv(n_tokens, blocks["block_t"])
     n_vocab_tiles = triton.cdiv(n_vocab, blocks["block_v"])
     splits = vocab_splits if vocab_splits is not None else _vocab_splits(n_token_tiles, n_vocab_tiles, device)
@@ -356,12 +382,13 @@ def fused_token_stats(
     stats = {key: stats[key] for key in STAT_KEYS}
 
     # ---- rows whose pre-computed target logit is not bit-identical to its tile's: count again in torch
-    recount = (part_ly_pre[0] != logit_y).nonzero().squeeze(1)
+    differ = (part_ly_pre[0] != logit_y).nonzero().squeeze(1)
     RECOUNTS["tokens"] += n_tokens
-    RECOUNTS["recounted"] += recount.numel()
-    if recount.numel():
+    RECOUNTS["differ"] += differ.numel()
+    if differ.numel() and recount:
+        RECOUNTS["recounted"] += differ.numel()
         head = _reference_head(weight, bias, softcap, round_logits)
-        exact = token_stats_from_logits(head(hidden[recount]), targets[recount])
+        exact = token_stats_from_logits(head(hidden[differ]), targets[differ])
         for key in STAT_KEYS:
-            stats[key][recount] = exact[key].to(stats[key].dtype)
+            stats[key][differ] = exact[key].to(stats[key].dtype)
     return stats
