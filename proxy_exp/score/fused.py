@@ -49,7 +49,7 @@ import math
 import torch
 from torch import Tensor
 
-from proxy_exp.score.stats import STAT_KEYS, TOP_K, token_stats_from_logits
+from proxy_exp.score.stats import STAT_KEYS, stats_from_reductions, token_stats_from_logits
 
 try:  # triton is an optional dependency (the `gpu` extra)
     import triton
@@ -366,19 +366,8 @@ def fused_token_stats(
     logit_y = part_ly.sum(dim=0)  # the target's column lies in exactly one split; the others add 0
     log_s = torch.log(s)
     lse = m + log_s
-    ce = lse - logit_y
-    p_expert = torch.exp(-ce)
-    max_p = torch.exp(m - lse)
-    stats: dict[str, Tensor] = {"ce": ce}
-    for k in TOP_K:
-        stats[f"top{k}"] = (rank < k).float()
-    stats["entropy"] = ((log_s - u / s) / math.log(n_vocab)).clamp_min(0.0)
-    stats["rank"] = rank
-    stats["recip_rank"] = 1.0 / (rank.float() + 1.0)
-    stats["margin"] = (max_p - p_expert).clamp_min(0.0)
-    stats["wrong_conf"] = torch.where(rank >= 1, max_p, torch.zeros_like(max_p))
-    stats["p_expert"] = p_expert
-    stats["max_p"] = max_p
+    entropy = ((log_s - u / s) / math.log(n_vocab)).clamp_min(0.0)
+    stats = stats_from_reductions(lse - logit_y, rank, torch.exp(m - lse), entropy)
     stats = {key: stats[key] for key in STAT_KEYS}
 
     # ---- rows whose pre-computed target logit is not bit-identical to its tile's: count again in torch

@@ -66,9 +66,13 @@ def token_stats_from_logits(logits: Tensor, targets: Tensor) -> dict[str, Tensor
     rank = (x >= x_y.unsqueeze(1)).sum(dim=1) - 1
     logp = x - lse.unsqueeze(1)
     entropy = torch.special.entr(logp.exp()).sum(dim=1) / math.log(n_vocab)
-    ce = lse - x_y
+    return stats_from_reductions(lse - x_y, rank, torch.exp(x_max - lse), entropy)
+
+
+def stats_from_reductions(ce: Tensor, rank: Tensor, max_p: Tensor, entropy: Tensor) -> dict[str, Tensor]:
+    """Every statistic from four per-token reductions of the vocabulary row: cross-entropy, the pessimistic
+    rank, p(top-1) and normalised entropy. Shared by the chunked torch path and the fused kernel."""
     p_expert = torch.exp(-ce)
-    max_p = torch.exp(x_max - lse)
     stats: dict[str, Tensor] = {"ce": ce}
     for k in TOP_K:
         stats[f"top{k}"] = (rank < k).float()
