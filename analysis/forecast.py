@@ -327,3 +327,49 @@ def compute_only_forecast(steps: Sequence[float], accuracy: Sequence[float], fit
     table.attrs["rmse"] = rmse
     return ForecastResult(table=table, rmse=rmse, method="compute-only power law",
                           fit_until_step=float(fit_until_step), n_fit=int(s_fit.size), compute_fit=compute_fit)
+
+
+# --------------------------------------------------------------------------- one run's report
+REPORT_COLUMNS = ["method", "rmse", "mean_stderr", "n_fit", "n_held_out", "fit_until_step", "horizon_step", "note"]
+
+
+def forecast_report(history: pd.DataFrame, proxy: str, ce: str, accuracy: str, horizon_multiple: float = 18.0,
+                    fit_until_step: Optional[float] = None,
+                    accuracy_bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Setting 3 on one run's checkpoints: the two-step forecast from ``proxy``, the same from ``ce``
+    (cross-entropy) and the compute-only fit, all fitted on ``step <= fit_until_step`` (default: the last
+    step / ``horizon_multiple``) and scored by RMSE on the later checkpoints up to the horizon.
+
+    ``history``: one row per checkpoint, columns ``step``, ``proxy``, ``ce`` and ``accuracy`` (names as
+    given). Returns (one row per method, columns REPORT_COLUMNS; every method's per-checkpoint
+    predictions with a ``method`` column). A method whose fit fails is reported with NaN RMSE and the
+    reason in ``note`` rather than dropped.
+    """
+    missing = [c for c in ("step", proxy, ce, accuracy) if c not in history.columns]
+    if missing:
+        raise ValueError(f"forecast_report: history lacks columns {missing} (has {list(history.columns)}); "
+                         "were in_loop.score_every and in_loop.eval_every set on the same steps?")
+    h = history.dropna(subset=["step", proxy, ce, accuracy]).sort_values("step")
+    if h.empty:
+        raise ValueError("forecast_report: no checkpoint has the proxy, ce and accuracy all logged")
+    last = float(h["step"].max())
+    until = float(fit_until_step) if fit_until_step else last / float(horizon_multiple)
+    rows, tables = [], []
+    specs = [(f"two-step from {proxy}", lambda: forecast(h["step"], h[proxy], h[accuracy], until, horizon_multiple,
+                                                         accuracy_bounds)),
+             (f"two-step from {ce} (loss)", lambda: forecast(h["step"], h[ce], h[accuracy], until, horizon_multiple,
+                                                             accuracy_bounds)),
+             ("compute-only", lambda: compute_only_forecast(h["step"], h[accuracy], until, horizon_multiple))]
+    for name, fn in specs:
+        try:
+            res = fn()
+        except (ValueError, RuntimeError) as e:  # curve_fit's RuntimeError: no convergence
+            rows.append({"method": name, "rmse": np.nan, "mean_stderr": np.nan, "n_fit": 0, "n_held_out": 0,
+                         "fit_until_step": until, "horizon_step": until * horizon_multiple, "note": str(e)[:200]})
+            continue
+        rows.append({"method": name, "rmse": res.rmse, "mean_stderr": float(np.nanmean(res.table["stderr"])),
+                     "n_fit": res.n_fit, "n_held_out": len(res.table), "fit_until_step": until,
+                     "horizon_step": until * horizon_multiple, "note": "; ".join(res.notes)})
+        tables.append(res.table.assign(method=name))
+    preds = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=FORECAST_COLUMNS + ["method"])
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS), preds

@@ -103,3 +103,45 @@ def plot_ranking(table_df: pd.DataFrame, path: str, title: str = "Corpus ranking
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_model_selection(table: pd.DataFrame, path: str, title: str = "Model selection: held-out Spearman rho") -> str:
+    """Bars of mean held-out Spearman rho per method, with the bootstrap CI (``ci_lo``/``ci_hi``) as error bars
+    and the CV standard deviation as dots. Returns ``path``."""
+    missing = [c for c in ("method", "spearman_mean", "ci_lo", "ci_hi") if c not in table.columns]
+    if missing:
+        raise ValueError(f"plot_model_selection: table lacks columns {missing}")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = range(len(table))
+    mean = table["spearman_mean"].astype(float)
+    err = [(mean - table["ci_lo"]).clip(lower=0).fillna(0), (table["ci_hi"] - mean).clip(lower=0).fillna(0)]
+    ax.bar(x, mean, color=[f"C{i}" for i in x], alpha=0.8, yerr=err, capsize=4)
+    if "spearman_std" in table.columns:
+        ax.scatter(x, mean + table["spearman_std"].fillna(0), marker="_", color="k", s=80, label="mean + CV std")
+        ax.scatter(x, mean - table["spearman_std"].fillna(0), marker="_", color="k", s=80)
+        ax.legend(loc="lower right", fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(list(x), table["method"], rotation=20, ha="right")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman rho on held-out tasks")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_forecast(history: pd.DataFrame, predictions: pd.DataFrame, accuracy: str, fit_until_step: float,
+                  path: str, title: str = "Training-time forecast") -> str:
+    """Measured accuracy per checkpoint, each method's forecast with a +-1 stderr band, and the end of the fit
+    window. Returns ``path``."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(history["step"], history[accuracy], "k.", ms=5, label=f"measured {accuracy}")
+    for i, (name, part) in enumerate(predictions.groupby("method", sort=False)):
+        ax.plot(part["step"], part["predicted"], color=f"C{i}", label=name)
+        ax.fill_between(part["step"].astype(float), (part["predicted"] - part["stderr"]).astype(float),
+                        (part["predicted"] + part["stderr"]).astype(float), color=f"C{i}", alpha=0.15)
+    ax.axvline(fit_until_step, color="grey", ls="--", lw=1, label="end of fit window")
+    ax.set_xscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(accuracy)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

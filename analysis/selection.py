@@ -359,7 +359,7 @@ def ranksvm(kernel: str = "linear", C: float = 1.0, gamma: str | float = "scale"
 
 # --------------------------------------------------------------------------- evaluation
 def leave_k_tasks_out(proxies: pd.DataFrame, truth: pd.DataFrame, method: SelectionMethod,
-                      k: int = 2) -> pd.DataFrame:
+                      k: int = 2, keep_predictions: bool = False) -> pd.DataFrame:
     """Cross-validation over all C(n_tasks, k) splits of the tasks.
 
     For each split a fresh copy of ``method`` is fitted on the held-in tasks (their proxies and
@@ -367,7 +367,8 @@ def leave_k_tasks_out(proxies: pd.DataFrame, truth: pd.DataFrame, method: Select
     task's truth is computed per held-out task and averaged (NaN-skipping) over the split's
     held-out tasks. Returns one row per split, columns CV_COLUMNS: method, split (0-based),
     held_out (tuple of tasks), spearman (mean), spearman_by_task ({task: rho}), chosen (what the
-    fit picked). A constant prediction on a task gives NaN rho for that task.
+    fit picked). A constant prediction on a task gives NaN rho for that task. With
+    ``keep_predictions`` a last column ``predictions`` holds {held-out task: predicted Series}.
     """
     features, scores = task_tables(proxies, truth)
     tasks = list(features)
@@ -378,12 +379,14 @@ def leave_k_tasks_out(proxies: pd.DataFrame, truth: pd.DataFrame, method: Select
     for split, held_out in enumerate(itertools.combinations(tasks, int(k))):
         held_in = [t for t in tasks if t not in held_out]
         fitted = copy.deepcopy(method).fit({t: features[t] for t in held_in}, {t: scores[t] for t in held_in})
-        by_task = {t: _spearman(fitted.predict(features[t]), scores[t]) for t in held_out}
+        predictions = {t: fitted.predict(features[t]) for t in held_out}
+        by_task = {t: _spearman(predictions[t], scores[t]) for t in held_out}
         vals = np.array(list(by_task.values()), dtype=float)
         rows.append({"method": method.name, "split": split, "held_out": tuple(held_out),
                      "spearman": float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"),
-                     "spearman_by_task": by_task, "chosen": fitted.chosen})
-    return pd.DataFrame(rows, columns=CV_COLUMNS)
+                     "spearman_by_task": by_task, "chosen": fitted.chosen, "predictions": predictions})
+    columns = CV_COLUMNS + (["predictions"] if keep_predictions else [])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def summarise_cv(df: pd.DataFrame) -> dict[str, float]:

@@ -173,12 +173,33 @@ class ExecutorConfig:
     additional_parameters: Dict[str, Any] = field(default_factory=dict)
 
 
+ANALYSIS_KINDS = ("campaign", "datadecide", "model_selection", "forecast")
+
+
 @dataclass
 class AnalysisConfig:
-    kind: str = "campaign"  # campaign: a proxy-exp campaign from MLflow | datadecide: DataDecide's published results
-    primary_proxy: str = "top5/freq"  # <statistic>/<weighting> shown in the ranking table
+    # campaign: a proxy-exp campaign from MLflow | datadecide: DataDecide's published results |
+    # model_selection: a population of scored + evaluated models (setting 1) | forecast: one run's in-loop
+    # proxies and accuracy (setting 3)
+    kind: str = "campaign"
+    primary_proxy: str = "top5/freq"  # <statistic>/<weighting> shown in the ranking table / forecast from
     ce_proxy: str = "ce/uniform"  # the cross-entropy baseline
     plots: bool = True
+    # model_selection
+    truth_metric: str = "logprob_per_char"  # eval/<task>/<truth_metric> of the evaluate runs: acc | acc_norm | ...
+    truth_csv: str = ""  # or downstream scores from a CSV: model, task, score (higher = better)
+    traces: str = ""  # keep only score runs over this trace set (param traces.name); "" = any
+    task_map: Dict[str, str] = field(default_factory=dict)  # downstream task -> trace task | overall
+    filter: str = ""  # MLflow search filter on the runs, e.g. "tags.`proxy_exp.campaign` = 'pop'"
+    k: int = 3  # k-sparse combination size
+    n_held_out: int = 2  # leave-n-tasks-out cross-validation
+    n_boot: int = 500  # bootstrap resamples for confidence intervals
+    seed: int = 0
+    # forecast
+    train_run_id: str = ""  # the train run with in-loop metrics ("" = the latest one that has them)
+    accuracy_metric: str = "eval/mean/acc"  # the in-loop accuracy to forecast
+    fit_fraction: float = 0.0  # fit on steps <= fit_fraction * last step (0 = 1 / horizon_multiple)
+    horizon_multiple: float = 18.0  # forecast up to this multiple of the fitted compute
 
 
 @dataclass

