@@ -339,3 +339,18 @@ def test_batch_indices_cover_each_sequence_once_per_epoch():
     assert big.shape == (10,) and set(big.tolist()) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="batch_size"):
         batch_indices(10, 0, 0, 0)
+
+
+def test_sciq_traces_are_support_paragraphs_disjoint_from_the_evaluated_docs():
+    from proxy_exp.data.traces import SCIQ_FIRST_TRACE_DOC
+
+    traces = load_traces(TracesConfig(tasks=["sciq"], per_task=0))
+    with gzip.open(olmo_task_file("sciq"), "rt") as f:
+        docs = {json.loads(line)["doc"]["index"]: json.loads(line)["doc"] for line in f}
+    with_support = [i for i, d in docs.items() if i >= SCIQ_FIRST_TRACE_DOC and d["support"].strip()]
+    assert len(traces) == len(with_support) > 400
+    for t in traces:
+        doc = docs[int(t["id"].split("/")[1])]
+        assert doc["index"] >= SCIQ_FIRST_TRACE_DOC and t["prompt"] == doc["question"]
+        assert t["solution"] == f"{doc['support'].strip()} So the answer is {doc['correct_answer']}."
+        assert t["answer"] == doc["correct_answer"]

