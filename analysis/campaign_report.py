@@ -16,13 +16,14 @@ import pandas as pd
 
 from analysis.decisions import decision_accuracy_seeds, rank_correlations, ranks
 from analysis.pareto import pareto_frontier
+from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, trace_seed_bootstrap
 from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS, proxy_key
 
 # Direction of each direct-evaluation metric logged as eval/mean/<metric>: all higher-is-better.
 TRUTH_LOWER_IS_BETTER: dict[str, bool] = {"acc": False, "acc_norm": False, "logprob_per_char": False}
 DIRECT_EVAL = "direct eval"
 METHOD_COLUMNS = ["method", "family", "size", "label", "compute", "decision_accuracy",
-                  "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"]
+                  "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"] + CI_COLUMNS
 
 
 @dataclass
@@ -55,7 +56,8 @@ class CampaignReport:
         def line(name: str, r: pd.Series | None) -> str:
             if r is None:
                 return f"  {name}: not measured"
-            return (f"  {name}: decision accuracy {r.decision_accuracy:.3f} "
+            ci = (f" [{r.da_lo:.2f}, {r.da_hi:.2f}]" if np.isfinite(getattr(r, "da_lo", np.nan)) else "")
+            return (f"  {name}: decision accuracy {r.decision_accuracy:.3f}{ci} "
                     f"(per-seed mean {r.decision_accuracy_per_seed_mean:.3f}), spearman {r.spearman:+.3f}, "
                     f"compute {r.compute:.3g} x one target run, {int(r.n_corpora)} corpora, {int(r.n_seeds)} seed(s)")
 
@@ -64,7 +66,9 @@ class CampaignReport:
                f"{self.target_train_flops:.3g} FLOPs.",
                f"Ranking at proxy size {self.table_size!r} (1 = best); proxy = {self.primary_proxy}, "
                f"ce = {self.ce_proxy}:",
-               self.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), ""]
+               self.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
+               "(decision accuracy [95% bootstrap CI over traces within tasks and over seeds; none where "
+               "nothing can be resampled])", ""]
         sizes = sorted(self.methods["size"].unique(), key=lambda s: float(
             self.methods.loc[self.methods["size"] == s, "compute"].min()))
         for size in sizes:
@@ -137,7 +141,8 @@ def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth
 
 
 def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce_proxy: str = "ce/uniform",
-                       truth_metric: str = "logprob_per_char", table_size: str | None = None) -> CampaignReport:
+                       truth_metric: str = "logprob_per_char", table_size: str | None = None,
+                       per_trace: dict | None = None, n_boot: int = 500, boot_seed: int = 0) -> CampaignReport:
     """Decision accuracy, rank correlation and compute of every method of a campaign.
 
     ``frame`` is :func:`analysis.runs.campaign_frame`'s output. Truth: evaluate runs of role target,
@@ -146,6 +151,9 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
     proxy's direction from ``LOWER_IS_BETTER``; and direct evaluation at each proxy size (evaluate
     runs of role proxy, same metric as the truth). ``table_size``: the proxy size shown in the
     ranking table; default the proxy size with the largest training compute.
+    ``per_trace``: ``{(corpus, size, seed): per-trace proxies}`` (a score run's per_trace.parquet) for the
+    confidence intervals over traces (:mod:`analysis.uncertainty`); without it, proxies get CIs over seeds
+    only where there are seeds (from their per-seed values), and direct evaluation always over seeds.
     """
     for col in ("kind", "corpus", "size", "role", "seed", "run_id"):
         if col not in frame.columns:
@@ -165,6 +173,7 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
                          "needs the target-size models evaluated")
     _require(target_eval, [truth_col], "target evaluate runs")
     truth = target_eval.groupby("corpus")[truth_col].mean()
+    truth_by_seed = target_eval.pivot(index="corpus", columns="seed", values=truth_col)
     if truth.isna().any():
         raise ValueError(f"campaign_decisions: {truth_col} is NaN for target corpora "
                          f"{truth.index[truth.isna()].tolist()}")
@@ -185,15 +194,24 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
     _require(scores, keys + ["flops/train", "flops/score"], "proxy score runs")
 
     rows: list[dict] = []
+    names = [k[len("proxy/"):] for k in keys]
+    lower = [LOWER_IS_BETTER[n.split("/")[0]] for n in names]
     for size, sub in scores.groupby("size", sort=True):
-        for key in keys:
-            stat = key.split("/")[1]
-            method = key[len("proxy/"):]
+        traces_here = {(c, sd): df for (c, sz, sd), df in (per_trace or {}).items() if sz == size}
+        cis = None
+        if traces_here:
+            try:
+                cis = trace_seed_bootstrap(traces_here, names, lower, truth_by_seed, truth_lower, n_boot, boot_seed)
+            except ValueError as e:
+                notes.append(f"no trace bootstrap at {size}: {e}")
+        for key, method, low in zip(keys, names, lower):
             by_seed = _by_seed(sub, key, size, notes)
             family = "ce" if method == ce_proxy else "proxy"
+            ci = (cis.loc[method].to_dict() if cis is not None else
+                  seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed))
             rows.append({"method": method, "family": family, "size": size, "label": f"{method} @ {size}",
                          "compute": _compute(sub, "flops/score", by_seed.index, target_flops),
-                         **_evaluate_method(by_seed, truth, LOWER_IS_BETTER[stat], truth_lower)})
+                         **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
 
     proxy_eval = _rows(frame, "evaluate", "proxy")
     if not proxy_eval.empty:
@@ -203,7 +221,8 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
             rows.append({"method": DIRECT_EVAL, "family": "direct_eval", "size": size,
                          "label": f"{DIRECT_EVAL} @ {size}",
                          "compute": _compute(sub, "flops/eval", by_seed.index, target_flops),
-                         **_evaluate_method(by_seed, truth, truth_lower, truth_lower)})
+                         **_evaluate_method(by_seed, truth, truth_lower, truth_lower),
+                         **seed_bootstrap(by_seed, truth_lower, truth_by_seed, truth_lower, n_boot, boot_seed)})
     methods = pd.DataFrame(rows, columns=METHOD_COLUMNS)
 
     if table_size is None:

@@ -54,8 +54,20 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     if missing:
         raise ValueError(f"{len(missing)} planned unit(s) have no finished MLflow run "
                          f"(e.g. {sorted(missing)[:3]}); rerun proxy-campaign to complete them")
+    import pandas as pd
+
+    per_trace = {}
+    scored = frame[(frame["kind"] == "score") & (frame["role"] == "proxy")]
+    for r in scored.itertuples():
+        try:  # per-trace proxies for CIs over traces; a run without them gets CIs over seeds only
+            path = mlflow.artifacts.download_artifacts(run_id=r.run_id, artifact_path="scores/per_trace.parquet",
+                                                       tracking_uri=uri)
+        except Exception:  # noqa: BLE001 (MLflow raises several types for a missing artifact)
+            continue
+        per_trace[(r.corpus, r.size, r.seed)] = pd.read_parquet(path)
     report = campaign_decisions(frame, primary_proxy=acfg.primary_proxy, ce_proxy=acfg.ce_proxy,
-                                truth_metric=truth_metric)
+                                truth_metric=truth_metric, per_trace=per_trace, n_boot=acfg.n_boot,
+                                boot_seed=acfg.seed)
     out = os.path.join(out_dir, "analysis")
     os.makedirs(out, exist_ok=True)
     files = {}

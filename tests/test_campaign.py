@@ -112,3 +112,19 @@ def test_second_campaign_shares_units(campaign):
     assert "12 units, 12 already done, 0 to run" in r.stdout
     assert {k: len(_runs(root, k)) for k in before} == before
     assert len(_runs(root, "campaign")) == 2
+
+
+def test_decisions_carry_bootstrap_intervals_over_traces(campaign):
+    """Every proxy's decision accuracy comes with a CI from resampling the scored traces (one seed here, so
+    direct evaluation has nothing to resample and no interval)."""
+    import glob
+
+    root, r = campaign
+    (methods_csv,) = glob.glob(f"{root}/campaigns/tiny-*/analysis/methods.csv")
+    m = pd.read_csv(methods_csv)
+    proxies = m[m["family"].isin(["proxy", "ce"])]
+    assert len(proxies) == 80 and proxies[["da_lo", "da_hi", "spearman_lo", "spearman_hi"]].notna().all().all()
+    assert ((proxies["da_lo"] <= proxies["da_hi"]) & (proxies["da_lo"] >= 0) & (proxies["da_hi"] <= 1)).all()
+    assert (proxies["da_hi"] > proxies["da_lo"]).any()  # 6 traces: some proxies must be uncertain
+    assert m.loc[m["family"] == "direct_eval", "da_lo"].isna().all()
+    assert "95% bootstrap CI" in r.stdout

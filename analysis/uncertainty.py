@@ -1,0 +1,121 @@
+"""Confidence intervals for a campaign's decisions: a percentile bootstrap over traces and seeds.
+
+Each resample draws, with replacement,
+- the traces **within each trace task** (so every task keeps its size; a proxy is the mean over tasks of
+  the mean over the task's traces, as :mod:`proxy_exp.score.aggregate` computes it), the same traces for
+  every corpus (the corpora are scored on one trace set, so the comparison stays paired);
+- the proxy seeds (where there are at least 2) and the target seeds behind the truth (where there are at
+  least 2).
+For every proxy the decision accuracy (ranking by the resampled seed mean, ties in the prediction count
+1/2, pairs tied in the truth are skipped: :func:`analysis.decisions.decision_accuracy`) and the Spearman rho
+are recomputed; the interval is the ``alpha/2`` and ``1 - alpha/2`` percentiles. All 80 proxies are done at
+once (numpy over a corpus x seed x trace x proxy array).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+CI_COLUMNS = ["da_lo", "da_hi", "spearman_lo", "spearman_hi"]
+
+
+def _da_and_rho(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pred [corpus, proxy] oriented (higher better), truth [corpus] oriented -> (da [proxy], rho [proxy])."""
+    i, j = np.triu_indices(pred.shape[0], k=1)
+    sp = np.sign(pred[i] - pred[j])
+    st = np.sign(truth[i] - truth[j])
+    decided = st != 0
+    if not decided.any():
+        da = np.full(pred.shape[1], np.nan)
+    else:
+        score = np.where(sp == 0, 0.5, (sp == st[:, None]).astype(float))
+        da = score[decided].mean(axis=0)
+    rp = rankdata(pred, axis=0)
+    rt = rankdata(truth)
+    rp = rp - rp.mean(axis=0)
+    rt = rt - rt.mean()
+    denom = np.sqrt((rp ** 2).sum(axis=0) * (rt ** 2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denom > 0, (rp * rt[:, None]).sum(axis=0) / denom, np.nan)
+    return da, rho
+
+
+def trace_seed_bootstrap(per_trace: Mapping[tuple, pd.DataFrame], proxies: Sequence[str],
+                         lower_is_better: Sequence[bool], truth_by_seed: pd.DataFrame, truth_lower_is_better: bool,
+                         n_boot: int = 500, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """CIs of decision accuracy and Spearman rho for each proxy: index ``proxies``, columns CI_COLUMNS.
+
+    ``per_trace``: ``{(corpus, seed): frame}`` with columns ``trace_id``, ``task`` and one column per proxy
+    (``<statistic>/<weighting>``, the per_trace.parquet a score run logs). ``truth_by_seed``: corpus x target
+    seed. Only corpora present in both, the proxy seeds every such corpus has, and the traces every frame
+    has are used; fewer than 2 corpora raises ValueError.
+    """
+    if n_boot < 1:
+        raise ValueError(f"trace_seed_bootstrap: n_boot={n_boot} must be >= 1")
+    corpora = sorted({c for c, _ in per_trace} & set(truth_by_seed.dropna().index))
+    if len(corpora) < 2:
+        raise ValueError(f"trace_seed_bootstrap: {len(corpora)} corpus with both per-trace proxies and a truth; "
+                         "need >= 2")
+    seeds = sorted(set.intersection(*({s for c2, s in per_trace if c2 == c} for c in corpora)))
+    if not seeds:
+        raise ValueError("trace_seed_bootstrap: no proxy seed is shared by every corpus")
+    frames = {(c, s): per_trace[(c, s)].set_index("trace_id") for c in corpora for s in seeds}
+    missing = sorted({p for f in frames.values() for p in proxies if p not in f.columns})
+    if missing:
+        raise ValueError(f"trace_seed_bootstrap: per-trace frames lack proxies {missing[:5]}")
+    ids = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    if len(ids) < 2:
+        raise ValueError("trace_seed_bootstrap: the corpora share fewer than 2 scored traces")
+    first = frames[(corpora[0], seeds[0])]
+    tasks = first.loc[ids, "task"].to_numpy()
+    groups = [np.flatnonzero(tasks == t) for t in sorted(set(tasks))]
+    values = np.stack([np.stack([frames[(c, s)].loc[ids, list(proxies)].to_numpy(float) for s in seeds])
+                       for c in corpora])  # [corpus, seed, trace, proxy]
+    values = values * np.where(np.asarray(lower_is_better), -1.0, 1.0)
+    truth = truth_by_seed.loc[corpora].to_numpy(float) * (-1.0 if truth_lower_is_better else 1.0)
+
+    rng = np.random.default_rng(seed)
+    das, rhos = [], []
+    for _ in range(int(n_boot)):
+        per_task = [np.nanmean(values[:, :, g[rng.integers(0, len(g), len(g))], :], axis=2) for g in groups]
+        proxy = np.nanmean(np.stack(per_task), axis=0)  # [corpus, seed, proxy]
+        sidx = rng.integers(0, len(seeds), len(seeds)) if len(seeds) > 1 else np.arange(1)
+        tidx = rng.integers(0, truth.shape[1], truth.shape[1]) if truth.shape[1] > 1 else np.arange(1)
+        da, rho = _da_and_rho(proxy[:, sidx, :].mean(axis=1), truth[:, tidx].mean(axis=1))
+        das.append(da)
+        rhos.append(rho)
+    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    das, rhos = np.array(das), np.array(rhos)
+    with np.errstate(all="ignore"):
+        out = pd.DataFrame({"da_lo": np.nanpercentile(das, lo, axis=0), "da_hi": np.nanpercentile(das, hi, axis=0),
+                            "spearman_lo": np.nanpercentile(rhos, lo, axis=0),
+                            "spearman_hi": np.nanpercentile(rhos, hi, axis=0)}, index=list(proxies))
+    return out
+
+
+def seed_bootstrap(pred_by_seed: pd.DataFrame, lower_is_better: bool, truth_by_seed: pd.DataFrame,
+                   truth_lower_is_better: bool, n_boot: int = 500, seed: int = 0,
+                   alpha: float = 0.05) -> dict[str, float]:
+    """CIs for one method known per corpus and seed only (direct evaluation): resample its seeds and the
+    target seeds. With a single seed on both sides there is nothing to resample: NaN bounds."""
+    corpora = sorted(set(pred_by_seed.dropna().index) & set(truth_by_seed.dropna().index))
+    nan = {k: float("nan") for k in CI_COLUMNS}
+    if len(corpora) < 2 or (pred_by_seed.shape[1] < 2 and truth_by_seed.shape[1] < 2):
+        return nan
+    pred = pred_by_seed.loc[corpora].to_numpy(float) * (-1.0 if lower_is_better else 1.0)
+    truth = truth_by_seed.loc[corpora].to_numpy(float) * (-1.0 if truth_lower_is_better else 1.0)
+    rng = np.random.default_rng(seed)
+    das, rhos = [], []
+    for _ in range(int(n_boot)):
+        s = rng.integers(0, pred.shape[1], pred.shape[1])
+        t = rng.integers(0, truth.shape[1], truth.shape[1])
+        da, rho = _da_and_rho(pred[:, s].mean(axis=1)[:, None], truth[:, t].mean(axis=1))
+        das.append(da[0])
+        rhos.append(rho[0])
+    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    with np.errstate(all="ignore"):
+        return {"da_lo": float(np.nanpercentile(das, lo)), "da_hi": float(np.nanpercentile(das, hi)),
+                "spearman_lo": float(np.nanpercentile(rhos, lo)), "spearman_hi": float(np.nanpercentile(rhos, hi))}
