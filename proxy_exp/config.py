@@ -121,7 +121,8 @@ class ScoreConfig:
     # kernel of score/fused.py (one pass over the vocabulary, no logits buffer; needs CUDA + triton);
     # auto = triton on CUDA when triton imports and the head is a plain linear layer, else torch.
     kernel: str = "auto"
-    batch_size: int = 1
+    batch_size: int = 1  # traces per forward pass, longest first (the largest batch with auto_batch)
+    auto_batch: bool = False  # halve the batch size when a batch runs out of memory, as lm-eval's "auto"
     freq_source: str = "traces"  # traces | corpus: where token frequencies for freq/inv_freq come from
     freq_smoothing: float = 1.0
     inv_entropy_eps: float = 0.05

@@ -371,6 +371,33 @@ def test_batching_agrees_with_batch_size_one(model, tokenizer, traces):
     assert one.tokens.dtypes["rank"] == np.int32 and one.tokens.dtypes["ce"] == np.float32
 
 
+def test_auto_batch_halves_on_out_of_memory_and_gives_the_same_statistics(model, tokenizer, traces):
+    """Fault injection: the model's body raises torch.OutOfMemoryError (the real exception type CUDA raises)
+    for batches of more than 2 traces. auto_batch halves 8 -> 4 -> 2 and finishes; without it the error
+    propagates. (A real out-of-memory needs a GPU: benchmarks/bench_scorer.py exercises it there.)"""
+    seen = []
+
+    def limit(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(ids.shape[0])
+        if ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    handle = body.register_forward_pre_hook(limit, with_kwargs=True)
+    try:
+        many = traces * 3  # 9+ traces, so several batches at the final size
+        auto = score_traces(model, tokenizer, many, ScoreConfig(window=30, batch_size=8, auto_batch=True), progress=False)
+        batches = [b for b in seen if b > 1]  # (the LM-head check runs one 1-row pass first)
+        assert auto.batch_size == 2 and batches[:3] == [8, 4, 2] and max(batches[3:]) <= 2
+        with pytest.raises(torch.OutOfMemoryError):
+            score_traces(model, tokenizer, many, ScoreConfig(window=30, batch_size=8), progress=False)
+    finally:
+        handle.remove()
+    one = score_traces(model, tokenizer, many, ScoreConfig(window=30, batch_size=1), progress=False)
+    pd.testing.assert_frame_equal(one.tokens, auto.tokens, check_exact=False, rtol=0, atol=1e-5)
+
+
 def test_final_hidden_states_and_head_reproduce_the_model(model):
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)

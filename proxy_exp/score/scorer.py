@@ -34,12 +34,14 @@ class ScoreOutput:
     ``tokens``: one row per scored token, columns :data:`TOKEN_COLUMNS` (``position`` is the token's
     index within the tokenized solution; ``trace_id`` and ``task`` are strings). ``tokens_forward``: tokens that went through the model,
     padding excluded (so it does not depend on ``batch_size``), for FLOPs = 2 * params * tokens_forward.
-    ``n_traces``: traces scored.
+    ``n_traces``: traces scored. ``batch_size``: the batch size the last batch ran with (below
+    ``score.batch_size`` when ``score.auto_batch`` halved it after running out of memory).
     """
 
     tokens: pd.DataFrame
     tokens_forward: int
     n_traces: int
+    batch_size: int = 1
 
 
 @dataclass
@@ -127,7 +129,8 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     tokens; the tokenizer's EOS stands in for a missing BOS), left-truncated to the model's context
     length. Only solution tokens are scored, and of those only the last ``cfg.window`` (``0`` = the
     whole solution); a token needs one token of context, so after truncation the first kept token is
-    never scored. With ``cfg.batch_size > 1`` traces are batched longest first with right padding.
+    never scored. With ``cfg.batch_size > 1`` traces are batched longest first with right padding; with
+    ``cfg.auto_batch`` a batch that runs out of memory is retried at half the size (down to 1).
     The LM head is applied ``cfg.chunk_tokens`` rows at a time, or, per ``cfg.kernel``, fused with the
     statistics in one Triton kernel on CUDA (:func:`~proxy_exp.score.stats.score_hidden_states`).
     The model is put in eval mode for the call and restored afterwards.
@@ -157,35 +160,30 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     model.eval()
     stats: dict[int, dict[str, np.ndarray]] = {}
     try:
+        batch_size = cfg.batch_size
         with tqdm(total=len(sequences), desc="score", unit="trace", disable=not progress) as bar:
-            for start in range(0, len(order), cfg.batch_size):
-                batch = [sequences[i] for i in order[start : start + cfg.batch_size]]
-                length = max(len(s.ids) for s in batch)
-                input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-                for row, seq in enumerate(batch):
-                    input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-                    attention_mask[row, : len(seq.ids)] = 1
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-                if start == 0:
-                    n = min(_HEAD_CHECK_TOKENS, len(batch[0].ids))
-                    check_lm_head(model, input_ids[:1, :n], attention_mask[:1, :n])
-                hidden = final_hidden_states(model, input_ids, attention_mask)
-                rows, targets = [], []
-                for row, seq in enumerate(batch):
-                    at = torch.as_tensor(seq.targets, device=device)
-                    rows.append(hidden[row, at - 1])
-                    targets.append(input_ids[row, at])
-                token_ids = torch.cat(targets)
-                batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, cfg.kernel)
-                arrays = {key: value.cpu().numpy() for key, value in batch_stats.items()}
-                arrays["token_id"] = token_ids.cpu().numpy()
+            start = 0
+            while start < len(order):
+                batch = [sequences[i] for i in order[start : start + batch_size]]
+                try:
+                    arrays = _score_batch(model, head, batch, pad_id, device, cfg, check=start == 0)
+                except (torch.OutOfMemoryError, RuntimeError) as e:
+                    if not _is_oom(e) or not cfg.auto_batch or batch_size == 1:
+                        raise
+                    # as lm-evaluation-harness's auto batch size: halve and retry the same traces (longest first,
+                    # so the first batch that fits bounds every later one)
+                    batch_size = max(1, batch_size // 2)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    bar.set_postfix(batch_size=batch_size)
+                    continue
                 offset = 0
                 for seq in batch:
                     n = len(seq.targets)
                     stats[seq.index] = {key: value[offset : offset + n] for key, value in arrays.items()}
                     offset += n
                 bar.update(len(batch))
+                start += len(batch)
     finally:
         model.train(was_training)
 
@@ -193,7 +191,38 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
         tokens = _to_frame(traces, sequences, stats)
     else:
         tokens = pd.DataFrame({c: pd.Series(dtype=_column_dtype(c)) for c in TOKEN_COLUMNS})
-    return ScoreOutput(tokens=tokens, tokens_forward=sum(len(s.ids) for s in sequences), n_traces=len(sequences))
+    return ScoreOutput(tokens=tokens, tokens_forward=sum(len(s.ids) for s in sequences), n_traces=len(sequences),
+                       batch_size=batch_size if sequences else cfg.batch_size)
+
+
+def _is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
+def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, check: bool) -> dict[str, np.ndarray]:
+    """One right-padded batch through the body, then the LM head + statistics on its scored rows only."""
+    length = max(len(s.ids) for s in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+        attention_mask[row, : len(seq.ids)] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    if check:
+        n = min(_HEAD_CHECK_TOKENS, len(batch[0].ids))
+        check_lm_head(model, input_ids[:1, :n], attention_mask[:1, :n])
+    hidden = final_hidden_states(model, input_ids, attention_mask)
+    rows, targets = [], []
+    for row, seq in enumerate(batch):
+        at = torch.as_tensor(seq.targets, device=device)
+        rows.append(hidden[row, at - 1])
+        targets.append(input_ids[row, at])
+    token_ids = torch.cat(targets)
+    batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, cfg.kernel)
+    arrays = {key: value.cpu().numpy() for key, value in batch_stats.items()}
+    arrays["token_id"] = token_ids.cpu().numpy()
+    return arrays
 
 
 def token_frequencies(token_ids: Iterable[int] | np.ndarray, vocab_size: int, smoothing: float) -> np.ndarray:
