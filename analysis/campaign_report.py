@@ -69,13 +69,18 @@ class CampaignReport:
                self.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
                "(decision accuracy [95% bootstrap CI over traces within tasks and over seeds; none where "
                "nothing can be resampled])", ""]
-        sizes = sorted(self.methods["size"].unique(), key=lambda s: float(
+        checkpointed = self.methods[self.methods["size"].astype(str).str.contains("@")]
+        sizes = sorted(set(self.methods["size"]) - set(checkpointed["size"]), key=lambda s: float(
             self.methods.loc[self.methods["size"] == s, "compute"].min()))
         for size in sizes:
             out.append(f"At proxy size {size!r}:")
             out.append(line(f"primary proxy {self.primary_proxy}", self._row(self.primary_proxy, size)))
             out.append(line(f"cross-entropy {self.ce_proxy}", self._row(self.ce_proxy, size)))
             out.append(line(f"direct eval ({self.truth_metric})", self._row(DIRECT_EVAL, size)))
+        if not checkpointed.empty:
+            out.append(f"In-loop checkpoints: {checkpointed['size'].nunique()} (size@step) points x "
+                       f"{checkpointed['method'].nunique()} proxies, compute "
+                       f"{checkpointed['compute'].min():.3g}-{checkpointed['compute'].max():.3g} (methods.csv, frontier)")
         proxies = self.methods[self.methods["family"].isin(["proxy", "ce"])].dropna(subset=["decision_accuracy"])
         if not proxies.empty:
             best = proxies.sort_values(["decision_accuracy", "compute", "spearman"],
@@ -126,6 +131,35 @@ def _compute(rows: pd.DataFrame, cost_col: str, corpora: pd.Index, target_flops:
     return float(per_corpus.mean() / target_flops)
 
 
+def _checkpoint_rows(checkpoints: pd.DataFrame, scores: pd.DataFrame, keys: list[str], names: list[str],
+                     lower: list[bool], ce_proxy: str, truth: pd.Series, truth_by_seed: pd.DataFrame,
+                     truth_lower: bool, target_flops: float, n_boot: int, boot_seed: int, notes: list[str]) -> list:
+    """Methods ``<proxy> @ <size>@<step>`` from the in-loop proxies of the proxy training runs."""
+    _require(checkpoints, ["corpus", "size", "seed", "step", "fraction"], "checkpoint frame")
+    rows = []
+    for (size, step), sub in checkpoints.groupby(["size", "step"], sort=True):
+        final = scores[scores["size"] == size]
+        want = final[["corpus", "seed"]].drop_duplicates()
+        have = sub[["corpus", "seed"]].drop_duplicates()
+        if len(have.merge(want)) < len(want):
+            continue  # a checkpoint some run lacks (a different schedule or an unfinished run): not comparable
+        sub = sub.merge(final[["corpus", "seed", "flops/train", "flops/score"]], on=["corpus", "seed"])
+        flops = (sub["flops/train"] * sub["fraction"] + sub["flops/score"]).groupby(sub["corpus"]).sum()
+        compute = float(flops.mean() / target_flops)
+        label_size = f"{size}@{int(step)}"
+        for key, method, low in zip(keys, names, lower):
+            if key not in sub.columns:
+                continue
+            by_seed = sub.pivot(index="corpus", columns="seed", values=key).dropna()
+            rows.append({"method": method, "family": "ce" if method == ce_proxy else "proxy", "size": label_size,
+                         "label": f"{method} @ {label_size}", "compute": compute,
+                         **_evaluate_method(by_seed, truth, low, truth_lower),
+                         **seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed)})
+    if not rows:
+        notes.append("checkpoints were given but no checkpoint step is shared by every proxy run of a size")
+    return rows
+
+
 def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth_lower: bool) -> dict:
     common = by_seed.index.intersection(truth.index)
     if len(common) < 2:
@@ -142,7 +176,8 @@ def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth
 
 def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce_proxy: str = "ce/uniform",
                        truth_metric: str = "logprob_per_char", table_size: str | None = None,
-                       per_trace: dict | None = None, n_boot: int = 500, boot_seed: int = 0) -> CampaignReport:
+                       per_trace: dict | None = None, n_boot: int = 500, boot_seed: int = 0,
+                       checkpoints: pd.DataFrame | None = None) -> CampaignReport:
     """Decision accuracy, rank correlation and compute of every method of a campaign.
 
     ``frame`` is :func:`analysis.runs.campaign_frame`'s output. Truth: evaluate runs of role target,
@@ -154,6 +189,10 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
     ``per_trace``: ``{(corpus, size, seed): per-trace proxies}`` (a score run's per_trace.parquet) for the
     confidence intervals over traces (:mod:`analysis.uncertainty`); without it, proxies get CIs over seeds
     only where there are seeds (from their per-seed values), and direct evaluation always over seeds.
+    ``checkpoints``: in-loop proxies of the proxy training runs (columns corpus, size, seed, step, fraction =
+    step / last step, and ``proxy/<s>/<w>``): every proxy at every checkpoint step present for all corpora
+    and seeds of a size becomes a method of size ``<size>@<step>``, its compute the training up to that step
+    plus one scoring pass (the same traces as the final scoring, so the same FLOPs as ``flops/score``).
     """
     for col in ("kind", "corpus", "size", "role", "seed", "run_id"):
         if col not in frame.columns:
@@ -212,6 +251,10 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
             rows.append({"method": method, "family": family, "size": size, "label": f"{method} @ {size}",
                          "compute": _compute(sub, "flops/score", by_seed.index, target_flops),
                          **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
+
+    if checkpoints is not None and not checkpoints.empty:
+        rows += _checkpoint_rows(checkpoints, scores, keys, names, lower, ce_proxy, truth, truth_by_seed, truth_lower,
+                                 target_flops, n_boot, boot_seed, notes)
 
     proxy_eval = _rows(frame, "evaluate", "proxy")
     if not proxy_eval.empty:

@@ -16,6 +16,34 @@ from proxy_exp import tracking
 from proxy_exp.config import ANALYSIS_KINDS, AnalysisConfig, AnalyzeJobConfig, TrackingConfig, resolve_root
 
 
+def _checkpoint_frame(uri: str, frame):
+    """In-loop proxies of the campaign's proxy training runs (campaign.checkpoint_every), one row per run and
+    step: corpus, size, seed, step, fraction (of the run's last step) and the 80 proxy/<s>/<w> values."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from proxy_exp.config import STATISTICS, WEIGHTINGS, proxy_key
+
+    keys = [proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
+    trains = frame[(frame["kind"] == "train") & (frame["role"] == "proxy")]
+    if trains.empty or keys[0] not in trains.columns:
+        return None
+    client = MlflowClient(uri)
+    out = []
+    for r in trains[trains[keys[0]].notna()].itertuples():
+        last = max((m.step for m in client.get_metric_history(r.run_id, "train/loss")), default=0)
+        if not last:
+            continue
+        per_step: dict[int, dict] = {}
+        for key in keys:
+            for m in client.get_metric_history(r.run_id, key):
+                per_step.setdefault(int(m.step), {})[key] = m.value
+        for step, vals in per_step.items():
+            out.append({"corpus": r.corpus, "size": r.size, "seed": r.seed, "step": step, "fraction": step / last,
+                        **vals})
+    return pd.DataFrame(out) if out else None
+
+
 def find_campaign_run(tcfg: TrackingConfig, root: str, name: str) -> str:
     """The latest parent run of the campaign called ``name``."""
     from mlflow.tracking import MlflowClient
@@ -67,7 +95,7 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
         per_trace[(r.corpus, r.size, r.seed)] = pd.read_parquet(path)
     report = campaign_decisions(frame, primary_proxy=acfg.primary_proxy, ce_proxy=acfg.ce_proxy,
                                 truth_metric=truth_metric, per_trace=per_trace, n_boot=acfg.n_boot,
-                                boot_seed=acfg.seed)
+                                boot_seed=acfg.seed, checkpoints=_checkpoint_frame(uri, frame))
     out = os.path.join(out_dir, "analysis")
     os.makedirs(out, exist_ok=True)
     files = {}

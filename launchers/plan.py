@@ -10,8 +10,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from proxy_exp import units
-from proxy_exp.config import (CampaignJobConfig, EvalJobConfig, PretrainConfig, ScoreJobConfig, TrainJobConfig,
-                              resolve_root)
+from proxy_exp.config import (CampaignJobConfig, EvalJobConfig, InLoopConfig, PretrainConfig, ScoreJobConfig,
+                              TrainJobConfig, resolve_root)
 
 
 @dataclass
@@ -62,6 +62,9 @@ def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
                                           tcfg.pretrain, seed)
                 tcfg.unit_id = tid
                 tcfg.tags = {"role": role, "name": f"train {corpus_name} {size} s{seed}"}
+                if role == "proxy" and c.checkpoint_every > 0:
+                    tcfg.in_loop = InLoopConfig(score_every=c.checkpoint_every, traces=copy.deepcopy(cfg.traces),
+                                                score=copy.deepcopy(cfg.score))
                 plan.append(Unit(tid, "train", role, corpus_name, size, seed, tcfg))
                 model_cfg = dataclasses.replace(tcfg.model, arch="pretrained",
                                                 path=os.path.join(units.unit_dir(root, tid), "model"))

@@ -217,6 +217,9 @@ class CampaignConfig:
     evaluate_proxies: bool = True  # small-scale direct evaluation as a baseline
     score_targets: bool = True
     target_pretrain: Dict[str, Any] = field(default_factory=dict)  # overrides of `pretrain` for targets
+    # > 0: proxy models are also scored inside their train loop every N steps (same traces and score settings),
+    # so each checkpoint is a point on the compute-vs-decision-accuracy frontier without extra jobs
+    checkpoint_every: int = 0
 
 
 # --------------------------------------------------------------------------- job configs

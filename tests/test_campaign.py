@@ -19,7 +19,7 @@ TINY = [
     "campaign=tiny", "tokenizer.vocab_size=512", "tokenizer.sample_bytes_per_corpus=100000",
 "traces.per_task=2", "traces.tasks=[gsm8k,humaneval,mbpp]",
     "evaluate.tasks=[arc_easy,piqa]", "evaluate.limit=8", "pretrain.max_tokens=20480", "pretrain.checkpoint_every=5",
-    "executor.max_parallel=2", "tracking.experiment=e2e",
+    "executor.max_parallel=2", "tracking.experiment=e2e", "campaign.checkpoint_every=5",
 ]
 
 
@@ -122,9 +122,27 @@ def test_decisions_carry_bootstrap_intervals_over_traces(campaign):
     root, r = campaign
     (methods_csv,) = glob.glob(f"{root}/campaigns/tiny-*/analysis/methods.csv")
     m = pd.read_csv(methods_csv)
-    proxies = m[m["family"].isin(["proxy", "ce"])]
+    proxies = m[m["family"].isin(["proxy", "ce"]) & (m["size"] == "xs")]  # (xs@step: in-loop checkpoints)
     assert len(proxies) == 80 and proxies[["da_lo", "da_hi", "spearman_lo", "spearman_hi"]].notna().all().all()
     assert ((proxies["da_lo"] <= proxies["da_hi"]) & (proxies["da_lo"] >= 0) & (proxies["da_hi"] <= 1)).all()
     assert (proxies["da_hi"] > proxies["da_lo"]).any()  # 6 traces: some proxies must be uncertain
     assert m.loc[m["family"] == "direct_eval", "da_lo"].isna().all()
     assert "95% bootstrap CI" in r.stdout
+
+
+def test_in_loop_checkpoints_are_points_on_the_frontier(campaign):
+    """campaign.checkpoint_every=5: each proxy run (10 steps) is scored in its train loop at steps 5 and 10, and
+    every proxy at each checkpoint is a method with less compute at the earlier step."""
+    import glob
+
+    root, r = campaign
+    (methods_csv,) = glob.glob(f"{root}/campaigns/tiny-*/analysis/methods.csv")
+    m = pd.read_csv(methods_csv)
+    for step in (5, 10):
+        at = m[m["size"] == f"xs@{step}"]
+        assert len(at) == 80 and at["decision_accuracy"].between(0, 1).all()
+    c5 = m.loc[m["size"] == "xs@5", "compute"].iloc[0]
+    c10 = m.loc[m["size"] == "xs@10", "compute"].iloc[0]
+    final = m.loc[(m["size"] == "xs") & (m["family"] != "direct_eval"), "compute"].iloc[0]
+    assert 0 < c5 < c10 == pytest.approx(final)
+    assert "In-loop checkpoints: 2" in r.stdout
