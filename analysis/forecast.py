@@ -367,9 +367,14 @@ def forecast_report(history: pd.DataFrame, proxy: str, ce: str, accuracy: str, h
             rows.append({"method": name, "rmse": np.nan, "mean_stderr": np.nan, "n_fit": 0, "n_held_out": 0,
                          "fit_until_step": until, "horizon_step": until * horizon_multiple, "note": str(e)[:200]})
             continue
-        rows.append({"method": name, "rmse": res.rmse, "mean_stderr": float(np.nanmean(res.table["stderr"])),
+        se = res.table["stderr"].to_numpy(float)
+        se = se[np.isfinite(se)]
+        rows.append({"method": name, "rmse": res.rmse, "mean_stderr": float(se.mean()) if se.size else float("nan"),
                      "n_fit": res.n_fit, "n_held_out": len(res.table), "fit_until_step": until,
-                     "horizon_step": until * horizon_multiple, "note": "; ".join(res.notes)})
+                     "horizon_step": until * horizon_multiple,
+                     "note": "; ".join(res.notes + (["stderr undefined at some checkpoints (no residual degrees of "
+                                                     "freedom: add early checkpoints)"] if se.size < len(res.table)
+                                                    else []))})
         tables.append(res.table.assign(method=name))
     preds = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=FORECAST_COLUMNS + ["method"])
     return pd.DataFrame(rows, columns=REPORT_COLUMNS), preds

@@ -260,7 +260,14 @@ def analyze_forecast(tcfg: TrackingConfig, root: str, out_dir: str, acfg: Analys
 
     run_id, hist = _train_history(tcfg, root, acfg)
     until = acfg.fit_fraction * float(hist["step"].max()) if acfg.fit_fraction > 0 else None
-    table, preds = forecast_report(hist, "proxy", "ce", "accuracy", acfg.horizon_multiple, until)
+    if acfg.accuracy_bounds:
+        if len(acfg.accuracy_bounds) != 2 or not acfg.accuracy_bounds[0] < acfg.accuracy_bounds[1]:
+            raise ValueError(f"analysis.accuracy_bounds={list(acfg.accuracy_bounds)}: give [lo, hi] with lo < hi, "
+                             "or [] for automatic")
+        bounds = (float(acfg.accuracy_bounds[0]), float(acfg.accuracy_bounds[1]))
+    else:
+        bounds = (0.0, 1.0) if hist["accuracy"].between(0, 1).all() else (float("-inf"), float("inf"))
+    table, preds = forecast_report(hist, "proxy", "ce", "accuracy", acfg.horizon_multiple, until, bounds)
     if table["rmse"].isna().all():
         raise ValueError(f"forecast: every fit failed on run {run_id}: {table['note'].iloc[0]}")
     table["method"] = table["method"].str.replace("proxy", acfg.primary_proxy, regex=False).str.replace(

@@ -201,6 +201,9 @@ class AnalysisConfig:
     accuracy_metric: str = "eval/mean/acc"  # the in-loop accuracy to forecast
     fit_fraction: float = 0.0  # fit on steps <= fit_fraction * last step (0 = 1 / horizon_multiple)
     horizon_multiple: float = 18.0  # forecast up to this multiple of the fitted compute
+    # [lo, hi] bounds of the sigmoid's asymptotes; [] = [0, 1] when every value lies there (an accuracy),
+    # else unbounded (e.g. eval/mean/logprob_per_char, a continuous metric)
+    accuracy_bounds: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -243,6 +246,9 @@ class InLoopConfig:
 
     score_every: int = 0  # steps; 0 = off
     eval_every: int = 0  # steps; 0 = off
+    # > 0: also score and evaluate at this many log-spaced steps between 1 and the last step (training-time
+    # forecasts fit on early checkpoints: geometric spacing puts enough of them early)
+    log_points: int = 0
     traces: TracesConfig = field(default_factory=lambda: TracesConfig(per_task=4))
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(limit=50))

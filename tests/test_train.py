@@ -122,3 +122,20 @@ def test_in_loop_scoring_logs_proxies_as_step_metrics(tmp_path):
     assert ce[1].value < ce[0].value  # the model learns, and the in-loop proxy sees it
     assert len([k for k in client.get_run(r.run_id).data.metrics if k.startswith("proxy/")]) == 80
     assert [m.step for m in client.get_metric_history(r.run_id, "eval/mean/acc")] == [20]
+
+
+def test_in_loop_log_spaced_checkpoints(tmp_path):
+    from proxy_exp.config import EvaluateConfig, InLoopConfig, TracesConfig
+    from proxy_exp.train.loop import log_spaced_steps
+    from tests.conftest import FIXTURES
+
+    assert log_spaced_steps(4, 20) == {1, 3, 7, 20} and log_spaced_steps(0, 20) == set()
+    assert log_spaced_steps(50, 10) == set(range(1, 11))  # more points than steps: every step once
+    cfg = _cfg(tmp_path, max_tokens=64 * 16 * 20)
+    cfg.in_loop = InLoopConfig(log_points=4, traces=TracesConfig(source="jsonl", tasks=[], per_task=0,
+                                                                 paths=[os.path.join(FIXTURES, "traces.jsonl")]),
+                               evaluate=EvaluateConfig(tasks=["arc_easy"], limit=4))
+    r = train(cfg, progress=False)
+    client = MlflowClient(tracking.tracking_uri(TrackingConfig(), str(tmp_path)))
+    for key in ("proxy/top5/freq", "eval/mean/acc"):
+        assert sorted(m.step for m in client.get_metric_history(r.run_id, key)) == [1, 3, 7, 20]

@@ -251,8 +251,8 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
                           "steps": plan.steps, "tokens": plan.tokens, "world_size": env.world_size,
                           "unit_dir": udir, "packed_sequences": packed.num_sequences})
 
-    in_loop = InLoopScorer(cfg, tokenizer, cache) if env.is_main and (
-        cfg.in_loop.score_every > 0 or cfg.in_loop.eval_every > 0) else None
+    in_loop = InLoopScorer(cfg, tokenizer, cache, plan.steps) if env.is_main and (
+        cfg.in_loop.score_every > 0 or cfg.in_loop.eval_every > 0 or cfg.in_loop.log_points > 0) else None
     fpt = flops_per_token(counts.non_embedding, cfg.model.n_layers, cfg.model.d_model, p.seq_len)
     per_rank = p.global_batch // env.world_size
     stop_at = plan.steps if p.stop_after_steps <= 0 else min(plan.steps, start_step + p.stop_after_steps)
@@ -355,27 +355,42 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
     return result
 
 
+def log_spaced_steps(n: int, total: int) -> set[int]:
+    """``n`` distinct steps from 1 to ``total``, spaced geometrically (fewer when small steps coincide)."""
+    if n <= 0 or total <= 0:
+        return set()
+    import numpy as np
+
+    return {int(s) for s in np.unique(np.round(np.geomspace(1, total, n)).astype(int))}
+
+
 class InLoopScorer:
     """Scores the trace set (and optionally runs direct evaluation) on the in-memory model at step boundaries."""
 
-    def __init__(self, cfg: TrainJobConfig, tokenizer, cache_dir: str) -> None:
+    def __init__(self, cfg: TrainJobConfig, tokenizer, cache_dir: str, total_steps: int = 0) -> None:
         self.cfg, self.tokenizer, self.cache_dir = cfg.in_loop, tokenizer, cache_dir
         self.traces = None
-        if self.cfg.score_every > 0:
+        self.log_steps = log_spaced_steps(self.cfg.log_points, total_steps)
+        if self.cfg.score_every > 0 or self.log_steps:
             from proxy_exp.data.traces import load_traces
 
             self.traces = load_traces(self.cfg.traces)
 
+    def _score_due(self, step: int) -> bool:
+        return (self.cfg.score_every > 0 and step % self.cfg.score_every == 0) or step in self.log_steps
+
+    def _eval_due(self, step: int) -> bool:
+        return (self.cfg.eval_every > 0 and step % self.cfg.eval_every == 0) or step in self.log_steps
+
     def due(self, step: int) -> bool:
-        c = self.cfg
-        return (c.score_every > 0 and step % c.score_every == 0) or (c.eval_every > 0 and step % c.eval_every == 0)
+        return self._score_due(step) or self._eval_due(step)
 
     def metrics(self, module, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
         was_training = module.training
         module.eval()
         try:
-            if self.cfg.score_every > 0 and step % self.cfg.score_every == 0:
+            if self._score_due(step):
                 from proxy_exp.score.aggregate import aggregate
                 from proxy_exp.score.scorer import score_traces, token_frequencies
 
@@ -383,7 +398,7 @@ class InLoopScorer:
                 freq = token_frequencies(scored.tokens["token_id"].to_numpy(), len(self.tokenizer),
                                          self.cfg.score.freq_smoothing)
                 out.update({k: float(v) for k, v in aggregate(scored.tokens, self.cfg.score, freq).overall.items()})
-            if self.cfg.eval_every > 0 and step % self.cfg.eval_every == 0:
+            if self._eval_due(step):
                 from proxy_exp.evaluate.harness import evaluate_in_memory
 
                 ev = evaluate_in_memory(module, self.tokenizer, self.cfg.evaluate, self.cache_dir)
