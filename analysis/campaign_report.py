@@ -160,6 +160,27 @@ def _checkpoint_rows(checkpoints: pd.DataFrame, scores: pd.DataFrame, keys: list
     return rows
 
 
+def truth_spread_note(truth_by_seed: pd.DataFrame) -> str:
+    """Is there a ranking to predict? The spread of the truth between corpora against its seed noise.
+
+    With >= 2 target seeds: the standard deviation of the corpus means, the pooled within-corpus seed
+    standard deviation, and the share of corpus pairs whose mean difference exceeds twice its standard
+    error (pooled seed variance, ``2 / n_seeds``). With one seed the noise cannot be measured: said so.
+    """
+    t = truth_by_seed.dropna()
+    means = t.mean(axis=1)
+    if t.shape[1] < 2:
+        return (f"truth spread between corpora: sd {means.std(ddof=1):.4g}; seed noise not measured (1 target seed: "
+                "add campaign.target_seeds to check that the corpora differ by more than noise)")
+    noise = float(np.sqrt(t.var(axis=1, ddof=1).mean()))
+    i, j = np.triu_indices(len(means), k=1)
+    se = noise * np.sqrt(2.0 / t.shape[1])
+    diff = np.abs(means.to_numpy()[i] - means.to_numpy()[j])
+    sep = float(np.mean(diff > 2 * se)) if se > 0 else 1.0
+    return (f"truth spread between corpora: sd {means.std(ddof=1):.4g} vs seed noise sd {noise:.4g} "
+            f"({t.shape[1]} target seeds); {sep:.0%} of corpus pairs differ by more than 2 standard errors")
+
+
 def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth_lower: bool) -> dict:
     common = by_seed.index.intersection(truth.index)
     if len(common) < 2:
@@ -218,6 +239,7 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
                          f"{truth.index[truth.isna()].tolist()}")
     if len(truth) < 2:
         raise ValueError(f"campaign_decisions: the truth covers {len(truth)} corpus; decisions need >= 2")
+    notes.append(truth_spread_note(truth_by_seed))
 
     target_train = _rows(frame, "train", "target")
     flops_source = target_train if not target_train.empty else target_eval

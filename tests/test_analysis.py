@@ -366,3 +366,14 @@ def test_datadecide_validation(tmp_path, monkeypatch):
     nll.drop(index=nll.index[0]).to_csv(tmp_path / "olmes10_nll_by_recipe_size_seed.csv", index=False)
     with pytest.raises(ValueError, match="needs seeds"):
         datadecide.load_datadecide()
+
+
+def test_truth_spread_against_seed_noise():
+    from analysis.campaign_report import truth_spread_note
+
+    clear = pd.DataFrame({0: [1.0, 2.0, 3.0], 1: [1.1, 2.1, 3.1]}, index=["a", "b", "c"])
+    # means 1.05, 2.05, 3.05 (sd 1.0); within-corpus sd 0.0707; SE of a difference 0.0707: every pair separated
+    assert "sd 1 vs seed noise sd 0.07071 (2 target seeds); 100% of corpus pairs" in truth_spread_note(clear)
+    noisy = pd.DataFrame({0: [1.0, 1.5, 1.1], 1: [1.6, 1.0, 1.4]}, index=["a", "b", "c"])
+    assert "; 0% of corpus pairs" in truth_spread_note(noisy)
+    assert "seed noise not measured" in truth_spread_note(clear[[0]])
