@@ -53,7 +53,7 @@ def deepspeed_step(model, p: PretrainConfig, total_steps: int, use_cuda: bool, d
     import deepspeed
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=tuple(p.betas), eps=1e-8,
-                                  weight_decay=p.weight_decay)
+                                  weight_decay=p.weight_decay, fused=bool(use_cuda))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, total_steps, p.warmup_frac, p.min_lr_ratio))
     bf16 = p.precision == "bf16" or (p.precision == "auto" and use_cuda)
@@ -65,6 +65,8 @@ def deepspeed_step(model, p: PretrainConfig, total_steps: int, use_cuda: bool, d
     }
     engine, _, _, _ = deepspeed.initialize(model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    if p.compile:  # pretrain.compile=true
+        engine.compile()
     engine.train()
 
     def step():
@@ -111,6 +113,8 @@ def bench(name: str, args, peak_tflops: float) -> None:
     paths = [("proxy-exp DeepSpeed", lambda: deepspeed_step(build(), p, total, use_cuda, device, ids)),
              ("HF eager", lambda: hf_step(build(), p, use_cuda, device, ids, compile_=False))]
     if args.compile:
+        pc = PretrainConfig(**{**p.__dict__, "compile": True})
+        paths.append(("proxy-exp DeepSpeed + compile", lambda: deepspeed_step(build(), pc, total, use_cuda, device, ids)))
         paths.append(("HF torch.compile", lambda: hf_step(build(), p, use_cuda, device, ids, compile_=True)))
 
     steps, rows = {}, {}
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="steps per timed round (default: cpu 5, cuda 10)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="add the HF torch.compile path")
+    parser.add_argument("--compile", action="store_true",
+                        help="add proxy-exp with pretrain.compile=true and the HF torch.compile anchor")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="MFU denominator (default: cuda 989 = dense bf16 H100; cpu: measured fp32 matmul)")

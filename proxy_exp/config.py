@@ -98,6 +98,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     zero_stage: int = 0
     precision: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model inside the DeepSpeed engine (engine.compile, inductor)
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2
     log_every: int = 10

@@ -211,8 +211,9 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
     if use_cuda:
         torch.cuda.set_device(device)
     bf16 = p.precision == "bf16" or (p.precision == "auto" and use_cuda)
+    # a torch optimizer: no DeepSpeed C++ op to JIT-compile; on CUDA its fused (single-kernel) implementation
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=tuple(p.betas), eps=1e-8,
-                                  weight_decay=p.weight_decay)  # a torch optimizer: no C++ op to JIT-compile
+                                  weight_decay=p.weight_decay, fused=bool(use_cuda))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, plan.steps, p.warmup_frac, p.min_lr_ratio))
     ds_config = {
@@ -227,6 +228,8 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
     }
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    if p.compile:  # compiles the wrapped module in place: checkpoints and saved weights keep their names
+        engine.compile()
 
     start_step = 0
     latest = _latest_checkpoint(ckpt_root)
