@@ -193,7 +193,7 @@ def analyze_model_selection(tcfg: TrackingConfig, root: str, out_dir: str, acfg:
              f"(truth eval/<task>/{acfg.truth_metric}{' from ' + acfg.truth_csv if acfg.truth_csv else ''})",
              "proxies used per downstream task: " + ", ".join(f"{t} <- {v}" for t, v in pop.task_map.items()),
              "", "population (best downstream mean first):"]
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 70):
         lines.append(models.drop(columns=["flops_train"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         lines += ["", f"leave-{acfg.n_held_out}-tasks-out Spearman rho (mean, std over splits, "
                       f"{int(100 * 0.95)}% bootstrap CI over models):",
