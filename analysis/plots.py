@@ -129,11 +129,11 @@ def plot_model_selection(table: pd.DataFrame, path: str, title: str = "Model sel
 
 
 def plot_forecast(history: pd.DataFrame, predictions: pd.DataFrame, accuracy: str, fit_until_step: float,
-                  path: str, title: str = "Training-time forecast") -> str:
+                  path: str, title: str = "Training-time forecast", ylabel: str = "") -> str:
     """Measured accuracy per checkpoint, each method's forecast with a +-1 stderr band, and the end of the fit
     window. Returns ``path``."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    ax.plot(history["step"], history[accuracy], "k.", ms=5, label=f"measured {accuracy}")
+    ax.plot(history["step"], history[accuracy], "k.", ms=5, label=f"measured {ylabel or accuracy}")
     for i, (name, part) in enumerate(predictions.groupby("method", sort=False)):
         ax.plot(part["step"], part["predicted"], color=f"C{i}", label=name)
         ax.fill_between(part["step"].astype(float), (part["predicted"] - part["stderr"]).astype(float),
@@ -141,7 +141,7 @@ def plot_forecast(history: pd.DataFrame, predictions: pd.DataFrame, accuracy: st
     ax.axvline(fit_until_step, color="grey", ls="--", lw=1, label="end of fit window")
     ax.set_xscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel(accuracy)
+    ax.set_ylabel(ylabel or accuracy)
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)

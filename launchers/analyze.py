@@ -290,7 +290,8 @@ def analyze_forecast(tcfg: TrackingConfig, root: str, out_dir: str, acfg: Analys
 
         files["plot"] = plot_forecast(hist, preds, "accuracy", float(table["fit_until_step"].iloc[0]),
                                       os.path.join(out_dir, "forecast.png"),
-                                      title=f"Forecast of {acfg.accuracy_metric} (run {run_id[:8]})")
+                                      title=f"Forecast of {acfg.accuracy_metric} (run {run_id[:8]})",
+                                      ylabel=acfg.accuracy_metric)
     metrics = {f"forecast/rmse/{r.method.split(' (')[0].replace(' ', '_')}": r.rmse for r in table.itertuples()}
     _log_analysis(tcfg, root, "forecast", "forecast", metrics, out_dir)
     print(summary)
