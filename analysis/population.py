@@ -61,6 +61,27 @@ def _latest(runs: pd.DataFrame, what: str, notes: list) -> pd.DataFrame:
     return runs[~dup]
 
 
+TRACE_PARAMS = ("traces.source", "traces.tasks", "traces.per_task", "traces.paths")
+
+
+def _trace_signature(runs: pd.DataFrame) -> pd.Series:
+    """What a score run scored: its trace source, tasks, items per task and files (not the set's name, which an
+    override of traces.tasks leaves unchanged)."""
+    cols = [_param(runs, p).astype(str) for p in TRACE_PARAMS]
+    return pd.Series([" ".join(f"{p.split('.')[1]}={v}" for p, v in zip(TRACE_PARAMS, vals)) for vals in zip(*cols)],
+                     index=runs.index, dtype=object)
+
+
+def _parse_list(text) -> list:
+    import ast
+
+    try:
+        value = ast.literal_eval(str(text))
+    except (ValueError, SyntaxError):
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+
+
 def _label(row: pd.Series) -> str:
     corpus, size, seed = (row.get(TAG + k) for k in ("corpus", "size", "seed"))
     if isinstance(corpus, str) and corpus and isinstance(size, str) and size:
@@ -73,9 +94,10 @@ def _label(row: pd.Series) -> str:
 
 
 def _trace_tasks(score_runs: pd.DataFrame) -> list[str]:
+    """Trace tasks that every kept score run has proxies for (columns other runs brought in are NaN here)."""
     tasks = set()
     for c in score_runs.columns:
-        if c.startswith("metrics.proxy_task/"):
+        if c.startswith("metrics.proxy_task/") and score_runs[c].notna().all():
             tasks.add(c[len("metrics.proxy_task/"):].split("/")[0])
     return sorted(tasks)
 
@@ -96,10 +118,16 @@ def resolve_task_map(truth_tasks, trace_tasks, task_map: Optional[Mapping[str, s
 
 def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_char",
                          task_map: Optional[Mapping[str, str]] = None,
-                         truth_csv: Optional[str] = None, traces: str = "") -> Population:
+                         truth_csv: Optional[str] = None, traces: str = "", evaluate_limit: int = -1,
+                         trace_tasks: Optional[list] = None) -> Population:
     """Build the population from an ``mlflow.search_runs`` frame (see :func:`analysis.runs.load_runs`).
 
     ``traces``: keep only score runs over this trace set (param ``traces.name``), e.g. ``mini``.
+    ``trace_tasks``: keep only score runs over exactly these trace tasks (param ``traces.tasks``). The latest
+    score runs of the models must share one trace set (source, tasks, items per task, files), else
+    ValueError: proxies over different traces are not comparable.
+    ``evaluate_limit``: keep only evaluate runs with this ``evaluate.limit`` (-1: any, but the latest run of
+    every model must then share one limit: truths over different item sets are not comparable).
     ``truth_csv``: downstream scores from a CSV (``model, task, score``; ``model`` = a model's reference
     or label) instead of evaluate runs. Raises ValueError naming what is missing.
     """
@@ -117,7 +145,17 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
     if score.empty:
         raise ValueError("model selection: no finished score run" + (f" over traces {traces!r}" if traces else "")
                          + "; score the population first (proxy-score -m model.path=...,...)")
+    if trace_tasks:
+        score = score[_param(score, "traces.tasks").map(_parse_list).map(lambda t: t == [str(x) for x in trace_tasks])]
+        if score.empty:
+            raise ValueError(f"model selection: no finished score run over traces.tasks={list(trace_tasks)}")
     score = _latest(score, "score", notes)
+    sigs = _trace_signature(score)
+    if sigs.nunique() > 1:
+        counts = "; ".join(f"{sig} ({n} models)" for sig, n in sigs.value_counts().items())
+        raise ValueError("model selection: the latest score runs of the models scored different trace sets: "
+                         f"{counts}. Proxies over different traces are not comparable: choose one with "
+                         "analysis.trace_tasks=[...] (and analysis.traces=<name>)")
     score = score.assign(model=score.apply(_label, axis=1))
     clash = score[score.duplicated("model", keep=False)]
     if not clash.empty:  # two refs with one label: fall back to the refs
@@ -129,7 +167,15 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
         ev = pd.DataFrame(columns=["ref", "run_id"])
     else:
         ev = fin[fin[TAG + "kind"] == "evaluate"]
+        if evaluate_limit >= 0:
+            ev = ev[pd.to_numeric(_param(ev, "evaluate.limit"), errors="coerce") == evaluate_limit]
         ev = _latest(ev, "evaluate", notes) if not ev.empty else ev
+        limits = _param(ev, "evaluate.limit").dropna().unique()
+        if len(limits) > 1:
+            counts = _param(ev, "evaluate.limit").value_counts().to_dict()
+            raise ValueError(f"model selection: the latest evaluate runs of the models use different evaluate.limit "
+                             f"values {counts} (limit: models); truths over different items are not comparable. "
+                             "Set analysis.evaluate_limit to one of them")
         prefix, suffix = "metrics.eval/", f"/{truth_metric}"
         cols = [c for c in ev.columns if c.startswith(prefix) and c.endswith(suffix)
                 and c != f"{prefix}mean{suffix}"]

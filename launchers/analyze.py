@@ -180,7 +180,8 @@ def analyze_model_selection(tcfg: TrackingConfig, root: str, out_dir: str, acfg:
 
     uri = tracking.configure(tcfg, root)
     runs = load_runs(uri, tcfg.experiment, acfg.filter)
-    pop = population_from_runs(runs, acfg.truth_metric, acfg.task_map, acfg.truth_csv or None, acfg.traces)
+    pop = population_from_runs(runs, acfg.truth_metric, acfg.task_map, acfg.truth_csv or None, acfg.traces,
+                               acfg.evaluate_limit, list(acfg.trace_tasks))
     n_models, n_tasks = pop.truth["model"].nunique(), pop.truth["task"].nunique()
     table, splits = model_selection_report(pop.proxies, pop.truth, k=acfg.k, n_held_out=acfg.n_held_out,
                                            n_boot=acfg.n_boot, seed=acfg.seed, progress=progress)

@@ -191,6 +191,8 @@ class AnalysisConfig:
     truth_metric: str = "logprob_per_char"  # eval/<task>/<truth_metric> of the evaluate runs: acc | acc_norm | ...
     truth_csv: str = ""  # or downstream scores from a CSV: model, task, score (higher = better)
     traces: str = ""  # keep only score runs over this trace set (param traces.name); "" = any
+    evaluate_limit: int = -1  # keep only evaluate runs with this evaluate.limit; -1 = any (must then agree)
+    trace_tasks: List[str] = field(default_factory=list)  # keep only score runs over exactly these trace tasks
     task_map: Dict[str, str] = field(default_factory=dict)  # downstream task -> trace task | overall
     filter: str = ""  # MLflow search filter on the runs, e.g. "tags.`proxy_exp.campaign` = 'pop'"
     k: int = 3  # k-sparse combination size

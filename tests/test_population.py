@@ -46,13 +46,17 @@ def _log(root, name, tags, params, metrics, step_metrics=None):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pop")
+    return root, _build_store(root)
+
+
+def _build_store(root):
     """8 models: score runs (80 overall proxies + 80 per trace task) and evaluate runs (4 downstream tasks).
 
     Downstream score = quality + small noise; the overall proxy top1/uniform = quality, the gsm8k proxy
     rank/uniform = -quality (rank is lower-is-better, so it is informative too); every other proxy, ce/uniform
     included, is noise.
     """
-    root = tmp_path_factory.mktemp("pop")
     rng = np.random.default_rng(7)
     quality = rng.permutation(N_MODELS).astype(float)
     for m in range(N_MODELS):
@@ -63,20 +67,22 @@ def store(tmp_path_factory):
             value = -quality[m] if t == "gsm8k" else quality[m]  # rank: lower is better -> -quality is informative
             metrics.update({f"proxy_task/{t}/{k}": v for k, v in _proxies(rng, value, planted).items()})
         _log(root, f"score m{m}", tracking.unit_tags("score", f"s{m}", ""),
-             {"model.path": ref, "model.ref": ref, "traces.name": "mini", "n_params": 1000 * (m + 1)}, metrics)
+             {"model.path": ref, "model.ref": ref, "traces.name": "mini", "traces.tasks": str(TRACE_TASKS),
+              "n_params": 1000 * (m + 1)}, metrics)
         ev = {f"eval/{t}/logprob_per_char": quality[m] + rng.normal(0, 0.1) for t in DOWN_TASKS}
         ev.update({f"eval/{t}/acc": 0.25 + 0.01 * quality[m] for t in DOWN_TASKS})
         ev["eval/mean/logprob_per_char"] = float(np.mean([ev[f"eval/{t}/logprob_per_char"] for t in DOWN_TASKS]))
-        _log(root, f"evaluate m{m}", tracking.unit_tags("evaluate", f"e{m}", ""), {"model.path": ref, "model.ref": ref},
-             ev)
-    # a newer score run of model 0 over another trace set: filtered out by traces=mini, else the latest wins
+        _log(root, f"evaluate m{m}", tracking.unit_tags("evaluate", f"e{m}", ""),
+             {"model.path": ref, "model.ref": ref, "evaluate.limit": 100}, ev)
+    # a newer score run of model 0 (same traces, another set name): filtered out by traces=mini, else the latest wins
     _log(root, "score m0 again", tracking.unit_tags("score", "s0b", ""),
-         {"model.path": "/models/m0/model", "model.ref": "/models/m0/model", "traces.name": "full"},
+         {"model.path": "/models/m0/model", "model.ref": "/models/m0/model", "traces.name": "rerun",
+          "traces.tasks": str(TRACE_TASKS)},
          {f"proxy/{k}": 0.0 for k in _proxies(rng, 0.0, "top1/uniform")})
     # an evaluated model that was never scored: reported, left out
     _log(root, "evaluate lonely", tracking.unit_tags("evaluate", "e-lonely", ""), {"model.path": "/models/lonely"},
          {f"eval/{t}/logprob_per_char": 0.0 for t in DOWN_TASKS})
-    return root, quality
+    return quality
 
 
 def _runs(root):
@@ -190,3 +196,24 @@ def test_proxy_analyze_forecast_cli_on_logged_history(tmp_path):
     missing = _analyze(tmp_path, tmp_path / "fc2", "analysis=forecast", "analysis.accuracy_metric=eval/mean/nope",
                        ok=False)
     assert missing.returncode != 0 and "eval/mean/nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_evaluate_runs_over_other_items_are_not_mixed_in(tmp_path):
+    """A newer evaluate run of one model over other items (another limit, one task) and a score run over another
+    trace set: the analysis refuses to mix limits unless told which, and ignores trace tasks other runs have."""
+    quality = _build_store(tmp_path)
+    ref = "/models/m0/model"
+    _log(tmp_path, "evaluate m0 sciq", tracking.unit_tags("evaluate", "e0b", ""),
+         {"model.path": ref, "model.ref": ref, "evaluate.limit": 500}, {"eval/sciq/logprob_per_char": 1.0})
+    # scored over other traces under the same set name (traces.tasks overridden, traces.name left as it was)
+    _log(tmp_path, "score m1 sciq", tracking.unit_tags("score", "s1b", ""),
+         {"model.path": "/models/m1/model", "model.ref": "/models/m1/model", "traces.name": "mini",
+          "traces.tasks": "['sciq']"}, {"proxy_task/sciq/ce/uniform": 1.0})
+    with pytest.raises(ValueError, match=r"different trace sets.*tasks=\['sciq'\].*analysis.trace_tasks"):
+        population_from_runs(_runs(tmp_path), traces="mini", evaluate_limit=100)
+    with pytest.raises(ValueError, match=r"different evaluate.limit values.*analysis.evaluate_limit"):
+        population_from_runs(_runs(tmp_path), traces="mini", trace_tasks=TRACE_TASKS)
+    pop = population_from_runs(_runs(tmp_path), traces="mini", evaluate_limit=100, trace_tasks=TRACE_TASKS)
+    assert pop.task_map == {t: OVERALL for t in DOWN_TASKS}  # the sciq trace task is not among these score runs
+    truth = pop.truth[(pop.truth["model"] == "m0") & (pop.truth["task"] == "piqa")]["score"]
+    assert len(truth) == 1 and abs(float(truth.iloc[0]) - quality[0]) < 0.5
