@@ -146,3 +146,21 @@ def test_in_loop_checkpoints_are_points_on_the_frontier(campaign):
     final = m.loc[(m["size"] == "xs") & (m["family"] != "direct_eval"), "compute"].iloc[0]
     assert 0 < c5 < c10 == pytest.approx(final)
     assert "In-loop checkpoints: 2" in r.stdout
+
+
+def test_model_selection_over_the_campaign_models(campaign, tmp_path):
+    """proxy-analyze analysis=model_selection on the real score and evaluate runs the campaign logged: the three
+    proxy models are scored and evaluated (on 2 tasks, so leave-1-task-out)."""
+    root, _ = campaign
+    exe = os.path.join(os.path.dirname(sys.executable), "proxy-analyze")
+    out = tmp_path / "ms"
+    r = subprocess.run([exe, f"paths.root={root}", "tracking.experiment=e2e", "analysis=model_selection",
+                        "analysis.n_held_out=1", "analysis.n_boot=50", f"output_dir={out}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    pop = pd.read_csv(out / "population.csv")
+    assert sorted(pop["model"]) == [f"{c}/xs/seed0" for c in ("python_code", "shakespeare", "wikipedia")]
+    table = pd.read_csv(out / "model_selection.csv")
+    assert list(table["method"]) == ["ce baseline", "single best", "3-sparse", "RankSVM linear", "RankSVM rbf"]
+    assert (table["n_splits"] <= 2).all() and table["spearman_mean"].dropna().between(-1, 1).all()
+    assert "3 models x 2 downstream tasks" in r.stdout
