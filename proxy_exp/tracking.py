@@ -75,7 +75,8 @@ class Run:
     """One MLflow run: a unit of work, a campaign parent, or an analysis."""
 
     def __init__(self, cfg: TrackingConfig, root: str, name: str, tags: dict[str, str] | None = None,
-                 parent_run_id: str = "", run_id: str = "", reopen: bool = True) -> None:
+                 parent_run_id: str = "", run_id: str = "", reopen: bool = True,
+                 skip_logged_steps: bool = False) -> None:
         from mlflow.tracking import MlflowClient
 
         exp_id = ensure_experiment(cfg, root)  # first: it creates a fresh store under a lock
@@ -91,6 +92,17 @@ class Run:
         else:
             self.run_id = self.client.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
         self._buffer: list[Any] = []
+        # skip_logged_steps: a resumed training run may already hold some steps (sent just before an
+        # interruption) and re-computes them: never send a (key, step) it already holds a second time
+        self._logged_upto: dict[str, int] | None = {} if run_id and skip_logged_steps else None
+
+    def _already_logged(self, key: str, step: int) -> bool:
+        if self._logged_upto is None:
+            return False
+        if key not in self._logged_upto:
+            hist = self.client.get_metric_history(self.run_id, key)
+            self._logged_upto[key] = max((m.step for m in hist), default=-1)
+        return step <= self._logged_upto[key]
 
     # -- logging
     def log_params(self, params: dict[str, Any]) -> None:
@@ -112,6 +124,8 @@ class Run:
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
         from mlflow.entities import Metric
 
+        if self._already_logged(key, int(step)):
+            return
         self._buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
         if len(self._buffer) >= 1000:
             self.flush()

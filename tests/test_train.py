@@ -79,6 +79,18 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path):
     assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-5)
 
 
+def test_interrupted_between_metrics_and_marker_logs_each_step_once(tmp_path):
+    """A kill after a checkpoint's metrics reached MLflow but before its COMPLETE marker: the resumed run
+    restarts from the previous checkpoint, re-computes those steps and must not send them a second time."""
+    part = train(_cfg(tmp_path, stop_after_steps=20), progress=False)
+    ckpt = os.path.join(str(tmp_path), "units", part.unit_id, "checkpoints")
+    assert [s for s, _ in _loss_history(tmp_path, part.run_id)] == list(range(1, 21))
+    os.remove(os.path.join(ckpt, "step-20", "COMPLETE"))  # as if killed just before the marker
+    resumed = train(_cfg(tmp_path), progress=False)
+    assert resumed.steps == 40 and resumed.run_id == part.run_id
+    assert [s for s, _ in _loss_history(tmp_path, resumed.run_id)] == list(range(1, 41))
+
+
 def test_preemption_signal_saves_at_step_boundary_and_resumes(tmp_path):
     """USR2 mid-run (not under Slurm): the loop finishes its step, checkpoints, stops; a rerun resumes exactly."""
     import signal

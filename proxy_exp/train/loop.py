@@ -5,9 +5,10 @@ budget is exact: ``steps = ceil(budget / tokens_per_step)`` optimizer steps of `
 tokens each, where the budget is ``tokens_per_param x params`` (or ``pretrain.max_tokens``); the batch of
 a step is a pure function of (seed, step), so a resumed run sees exactly the data an uninterrupted one does.
 
-Metrics are buffered and sent to MLflow only when a checkpoint is complete (and at the end): a run that is
-interrupted and resumed re-computes and logs the steps after its last checkpoint once, so the loss curve has
-neither gaps nor duplicated steps.
+Metrics are buffered and sent to MLflow when a checkpoint is saved, just before its COMPLETE marker (and at
+the end): a run interrupted before the marker resumes from the previous checkpoint and re-computes those
+steps, and a resumed run never sends a step its MLflow run already holds, so the loss curve has neither gaps
+nor duplicated steps wherever the interruption falls.
 """
 from __future__ import annotations
 
@@ -245,7 +246,7 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
         extra = {"corpus": cfg.corpus.name, "size": cfg.model.name, "seed": cfg.seed, "role": "proxy"} | cfg.tags
         name = extra.pop("name", f"train {cfg.corpus.name} {cfg.model.name} s{cfg.seed}")
         tags = tracking.unit_tags("train", unit_id, cfg.campaign, **extra)
-        run = tracking.Run(cfg.tracking, root, name, tags, cfg.parent_run_id, run_id=prev)
+        run = tracking.Run(cfg.tracking, root, name, tags, cfg.parent_run_id, run_id=prev, skip_logged_steps=True)
         with open(run_id_file, "w") as f:
             f.write(run.run_id)
         run.log_params(flat_params(cfg.model, "model") | flat_params(cfg.pretrain, "pretrain")
@@ -301,9 +302,8 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
             is_last = done_steps == stop_at
             preempt = not is_last and flag.agreed(env.world_size)
             if (p.checkpoint_every and done_steps % p.checkpoint_every == 0) or is_last or preempt:
-                _save_checkpoint(engine, ckpt_root, done_steps, env.is_main, p.keep_checkpoints)
-                if run is not None:
-                    run.flush()  # metrics reach MLflow only with a complete checkpoint behind them
+                _save_checkpoint(engine, ckpt_root, done_steps, env.is_main, p.keep_checkpoints,
+                                 before_complete=run.flush if run is not None else None)
             if preempt:
                 preempted_at = done_steps
                 break
@@ -411,8 +411,11 @@ class InLoopScorer:
         return {k: v for k, v in out.items() if v == v}
 
 
-def _save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int) -> None:
-    """Save at a step boundary; a checkpoint counts only once its COMPLETE marker exists."""
+def _save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int, before_complete=None) -> None:
+    """Save at a step boundary; a checkpoint counts only once its COMPLETE marker exists.
+
+    ``before_complete`` (rank 0: flushing the metrics of the steps up to here) runs before the marker is
+    written, so a complete checkpoint always has its metrics in MLflow behind it."""
     import torch.distributed as tdist
 
     tag = f"step-{step}"
@@ -420,6 +423,8 @@ def _save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int
     if tdist.is_initialized():
         tdist.barrier()
     if is_main:
+        if before_complete is not None:
+            before_complete()
         with open(os.path.join(ckpt_root, tag, COMPLETE), "w") as f:
             f.write(json.dumps({"step": step, "time": time.time()}))
         _prune_checkpoints(ckpt_root, keep)
