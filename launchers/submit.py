@@ -38,6 +38,43 @@ def run_unit(kind: str, config: Any) -> Any:
     return job_function(kind)(config, progress=False)
 
 
+def run_unit_group(kind: str, configs: list, raise_on_failure: bool = True) -> list:
+    """Several units in one job (``executor.units_per_job``), each in its own spawned process, all at once on
+    the job's device. Returns one ``("done", result)`` or ``("failed", message)`` per config, in order; with
+    ``raise_on_failure`` (Slurm: a failed unit must fail the job, so its dependants do not start) a
+    RuntimeError naming the failed units is raised after every unit has ended."""
+    if len(configs) == 1:
+        try:
+            return [("done", run_unit(kind, configs[0]))]
+        except Exception as e:  # noqa: BLE001
+            if raise_on_failure:
+                raise
+            return [("failed", f"{type(e).__name__}: {e}")]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=len(configs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_unit, kind, c) for c in configs]
+        outcomes = []
+        for c, f in zip(configs, futures):
+            try:
+                outcomes.append(("done", f.result()))
+            except Exception as e:  # noqa: BLE001 (a unit's own error, reported per unit)
+                outcomes.append(("failed", f"{type(e).__name__}: {e}"))
+    failed = [f"{getattr(c, 'unit_id', '?')}: {o[1]}" for c, o in zip(configs, outcomes) if o[0] == "failed"]
+    if failed and raise_on_failure:
+        raise RuntimeError(f"{len(failed)} of {len(configs)} units of this job failed: " + "; ".join(failed))
+    return outcomes
+
+
+def groupable(u: Unit) -> bool:
+    """A training unit that runs as one process (no multi-rank or multi-node run): it can share a job."""
+    if u.kind != "train":
+        return False
+    p = u.config.pretrain
+    return p.nodes <= 1 and p.gpus_per_node <= 1 and (p.gpus_per_node == 1 or p.tasks_per_node <= 1)
+
+
 @dataclass
 class Outcome:
     done: dict[str, Any] = field(default_factory=dict)  # unit id -> result
@@ -93,22 +130,28 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
         return out
 
     executor = make_executor(ex, folder)
-    running: dict[str, tuple[Unit, Any]] = {}
+    running: dict[str, tuple[list[Unit], Any]] = {}  # first unit id -> (units sharing the job, job)
+    per_job = max(1, ex.units_per_job)
     while pending or running:
         # harvest
-        for uid, (u, job) in list(running.items()):
+        for key, (us, job) in list(running.items()):
             if not job.done():
                 continue
-            del running[uid]
-            out.logs[uid] = str(job.paths.stdout)
+            del running[key]
             try:
-                out.done[uid] = job.result()
-                finished.add(uid)
-                say("done", u, "")
+                outcomes = job.result() if len(us) > 1 else [("done", job.result())]
             except Exception as e:
                 msg = str(e).strip().splitlines()
-                out.failed[uid] = f"{msg[-1] if msg else type(e).__name__} (log: {job.paths.stderr})"
-                say("failed", u, out.failed[uid])
+                outcomes = [("failed", msg[-1] if msg else type(e).__name__)] * len(us)
+            for u, (status, value) in zip(us, outcomes):
+                out.logs[u.id] = str(job.paths.stdout)
+                if status == "done":
+                    out.done[u.id] = value
+                    finished.add(u.id)
+                    say("done", u, "")
+                else:
+                    out.failed[u.id] = f"{value} (log: {job.paths.stderr})"
+                    say("failed", u, out.failed[u.id])
         # skip dependants of failures
         for u in list(pending):
             if any(d in out.failed or d in out.skipped for d in u.depends_on):
@@ -119,12 +162,21 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
         for u in sorted(pending, key=lambda u: (u.kind != "train", u.role != "target")):
             if len(running) >= max(1, ex.max_parallel):
                 break
-            if all(d in finished for d in u.depends_on):
-                pending.remove(u)
+            if u in pending and all(d in finished for d in u.depends_on):
+                group = [u]
+                if per_job > 1 and groupable(u):  # small-model mode: ready single-process training units share a job
+                    group += [v for v in pending if v is not u and groupable(v)
+                              and all(d in finished for d in v.depends_on)][:per_job - 1]
+                for v in group:
+                    pending.remove(v)
                 executor.update_parameters(name=f"proxy-{u.kind}-{u.id[-12:]}")
-                job = executor.submit(run_unit, u.kind, u.config)
-                running[u.id] = (u, job)
-                say("started", u, f"job {job.job_id}")
+                if len(group) == 1:
+                    job = executor.submit(run_unit, u.kind, u.config)
+                else:
+                    job = executor.submit(run_unit_group, u.kind, [v.config for v in group], False)
+                running[u.id] = (group, job)
+                for v in group:
+                    say("started", v, f"job {job.job_id}" + (f" ({len(group)} units)" if len(group) > 1 else ""))
         if pending and not running:  # nothing can start: dependencies missing from the plan
             for u in pending:
                 out.skipped[u.id] = "dependencies not done"
@@ -186,12 +238,16 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
             executor = make_executor(ex, folder)
             executor.update_parameters(name="proxy-train", slurm_array_parallelism=max(1, ex.max_parallel),
                                        **dict(shape))
-            for i in range(0, len(us), limit):
-                chunk = us[i:i + limit]
+            per_job = max(1, ex.units_per_job) if all(groupable(u) for u in us) else 1
+            bundles = [us[i:i + per_job] for i in range(0, len(us), per_job)]
+            for i in range(0, len(bundles), limit):
+                chunk = bundles[i:i + limit]
                 with executor.batch():
-                    jobs = [executor.submit(run_unit, "train", u.config) for u in chunk]
-                for u, job in zip(chunk, jobs):
-                    record(u, job)
+                    jobs = [executor.submit(run_unit, "train", b[0].config) if len(b) == 1 else
+                            executor.submit(run_unit_group, "train", [u.config for u in b]) for b in chunk]
+                for b, job in zip(chunk, jobs):
+                    for u in b:
+                        record(u, job)
         executor = make_executor(ex, folder)
         for u in chosen:
             if u.kind == "train":

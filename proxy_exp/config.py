@@ -122,6 +122,10 @@ class ScoreConfig:
     # kernel of score/fused.py (one pass over the vocabulary, no logits buffer; needs CUDA + triton);
     # auto = triton on CUDA when triton imports and the head is a plain linear layer, else torch.
     kernel: str = "auto"
+    # auto | eager | compiled: how the torch path's vocabulary reductions run (score/stats.py:STATS_BACKENDS);
+    # compiled = torch.compile (same values, ~4x faster on CPU, 3-6 s to compile once per process); auto =
+    # compiled on CPU when the job reduces at least 2e9 logits (tokens x vocabulary), else eager
+    stats_backend: str = "auto"
     batch_size: int = 1  # traces per forward pass, longest first (the largest batch with auto_batch)
     auto_batch: bool = False  # halve the batch size when a batch runs out of memory, as lm-eval's "auto"
     freq_source: str = "traces"  # traces | corpus: where token frequencies for freq/inv_freq come from
@@ -173,6 +177,9 @@ class ExecutorConfig:
     constraint: Optional[str] = None
     setup: List[str] = field(default_factory=list)
     additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    # small-model mode: up to this many single-process training units share one job (and its GPU), each in its
+    # own process, run concurrently; one tiny model cannot fill a large GPU
+    units_per_job: int = 1
 
 
 ANALYSIS_KINDS = ("campaign", "datadecide", "model_selection", "forecast")
