@@ -220,7 +220,7 @@ def test_cpu_row_blocks_give_the_same_statistics(monkeypatch):
     monkeypatch.setattr(stats, "CPU_STATS_BLOCK_ELEMENTS", 3 * V)
     blocks = []
     real = stats.token_stats_from_logits
-    monkeypatch.setattr(stats, "token_stats_from_logits", lambda x, y: blocks.append(x.shape[0]) or real(x, y))
+    monkeypatch.setattr(stats, "token_stats_from_logits", lambda x, y, c=False: blocks.append(x.shape[0]) or real(x, y, c))
     blocked = score_hidden_states(hidden, linear, targets, chunk_tokens=20, kernel="torch")
     assert max(blocks) == 3 and sum(blocks) == T
     for key in STAT_KEYS:

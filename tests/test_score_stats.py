@@ -34,6 +34,7 @@ from transformers import (
 
 from proxy_exp.config import STATISTICS, WEIGHTINGS, ScoreConfig, proxy_key
 from proxy_exp.score.aggregate import aggregate, token_weights
+import proxy_exp.score.stats as stats_module
 from proxy_exp.score.scorer import score_traces, token_frequencies
 from proxy_exp.score.stats import (
     STAT_KEYS,
@@ -103,11 +104,34 @@ def tied_logits(seed: int = 0, n_tokens: int = 40, n_vocab: int = 37) -> tuple[t
 
 
 # --------------------------------------------------------------------------- token statistics
-def test_statistics_match_reference_on_random_logits_with_ties():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_statistics_match_reference_on_random_logits_with_ties(compiled):
     logits, targets = tied_logits()
-    ours = token_stats_from_logits(logits, targets)
+    logits[4, 7] = float("-inf")  # a masked vocabulary entry adds nothing (0 * -inf must not give nan)
+    ours = token_stats_from_logits(logits, targets, compiled=compiled)
     assert_stats_close(ours, reference_stats(logits.double().numpy(), targets.numpy()), atol=2e-6)
     assert ours["rank"].dtype == torch.int64 and ours["ce"].dtype == torch.float32
+    if compiled:
+        assert "broken" not in stats_module._COMPILED, stats_module._COMPILED  # it really compiled
+
+
+def test_stats_backend_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    """Beside the real compiled test above: a machine whose torch.compile fails (no C++ compiler) warns once and
+    gets the eager statistics."""
+    logits, targets = tied_logits(seed=2)
+    monkeypatch.setattr(stats_module, "_COMPILED", {})
+
+    def broken_compile(fn, **kw):
+        def run(*a):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed.*InvalidCxxCompiler"):
+        ours = token_stats_from_logits(logits, targets, compiled=True)
+    eager = token_stats_from_logits(logits, targets)
+    for key in STAT_KEYS:
+        torch.testing.assert_close(ours[key], eager[key], rtol=0, atol=0, msg=key)
 
 
 def test_ties_count_against_the_expert_token():
@@ -361,6 +385,15 @@ def test_score_traces_matches_full_logits_and_window(model, tokenizer, traces, w
     if window == 0:
         rows = out.tokens[out.tokens["trace_id"] == long["id"]]
         assert len(rows) == MAX_POS - 1 and rows["position"].iloc[0] > 0
+
+
+def test_compiled_stats_backend_scores_the_same(model, tokenizer, traces):
+    eager = score_traces(model, tokenizer, traces, ScoreConfig(window=30, stats_backend="eager"), progress=False)
+    comp = score_traces(model, tokenizer, traces, ScoreConfig(window=30, stats_backend="compiled"), progress=False)
+    pd.testing.assert_frame_equal(eager.tokens, comp.tokens, check_exact=False, rtol=0, atol=1e-5)
+    assert (eager.tokens["rank"] == comp.tokens["rank"]).all()
+    with pytest.raises(ValueError, match="score.stats_backend must be one of"):
+        score_traces(model, tokenizer, traces, ScoreConfig(stats_backend="fast"), progress=False)
 
 
 def test_batching_agrees_with_batch_size_one(model, tokenizer, traces):

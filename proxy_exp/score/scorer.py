@@ -11,8 +11,10 @@ from tqdm.auto import tqdm
 
 from proxy_exp.config import ScoreConfig
 from proxy_exp.score.stats import (
+    COMPILE_MIN_LOGITS,
     KERNELS,
     STAT_KEYS,
+    STATS_BACKENDS,
     check_lm_head,
     final_hidden_states,
     lm_head_of,
@@ -143,6 +145,8 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
         raise ValueError(f"score.chunk_tokens must be >= 1, got {cfg.chunk_tokens}")
     if cfg.kernel not in KERNELS:
         raise ValueError(f"score.kernel must be one of {KERNELS}, got {cfg.kernel!r}")
+    if cfg.stats_backend not in STATS_BACKENDS:
+        raise ValueError(f"score.stats_backend must be one of {STATS_BACKENDS}, got {cfg.stats_backend!r}")
     _check_traces(traces)
     max_pos = max_positions(model)
     if max_pos < 2:
@@ -155,6 +159,9 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     order = list(range(len(sequences)))
     if cfg.batch_size > 1:
         order.sort(key=lambda i: -len(sequences[i].ids))
+    n_logits = sum(len(s.targets) for s in sequences) * n_vocab
+    compiled = cfg.stats_backend == "compiled" or (
+        cfg.stats_backend == "auto" and device.type == "cpu" and n_logits >= COMPILE_MIN_LOGITS)
 
     was_training = model.training
     model.eval()
@@ -166,7 +173,7 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
             while start < len(order):
                 batch = [sequences[i] for i in order[start : start + batch_size]]
                 try:
-                    arrays = _score_batch(model, head, batch, pad_id, device, cfg, check=start == 0)
+                    arrays = _score_batch(model, head, batch, pad_id, device, cfg, check=start == 0, compiled=compiled)
                 except (torch.OutOfMemoryError, RuntimeError) as e:
                     if not _is_oom(e) or not cfg.auto_batch or batch_size == 1:
                         raise
@@ -200,7 +207,8 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
 
 
-def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, check: bool) -> dict[str, np.ndarray]:
+def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, check: bool,
+                 compiled: bool = False) -> dict[str, np.ndarray]:
     """One right-padded batch through the body, then the LM head + statistics on its scored rows only."""
     length = max(len(s.ids) for s in batch)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
@@ -219,7 +227,7 @@ def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, chec
         rows.append(hidden[row, at - 1])
         targets.append(input_ids[row, at])
     token_ids = torch.cat(targets)
-    batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, cfg.kernel)
+    batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, cfg.kernel, compiled)
     arrays = {key: value.cpu().numpy() for key, value in batch_stats.items()}
     arrays["token_id"] = token_ids.cpu().numpy()
     return arrays

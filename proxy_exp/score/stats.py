@@ -42,13 +42,64 @@ KERNELS: tuple[str, ...] = ("auto", "torch", "triton")
 CPU_STATS_BLOCK_ELEMENTS = 2**20
 
 
+# score.stats_backend: how the vocabulary reductions of the torch path run. eager = torch ops (the reference);
+# compiled = the same function through torch.compile (on CPU, Inductor fuses the row's passes into two C++
+# loops: about 4x faster than eager, 10x faster than logsumexp + entr); auto = compiled on CPU when the job has
+# at least COMPILE_MIN_LOGITS logits to reduce (compiling costs 3-6 s once per process), else eager.
+STATS_BACKENDS: tuple[str, ...] = ("auto", "eager", "compiled")
+COMPILE_MIN_LOGITS = 2_000_000_000
+_COMPILED: dict[str, object] = {}  # "fn": the compiled reductions; "broken": why compiling failed here
+
+
+def _row_reductions(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Four reductions of float32 rows ``x[T, V]`` at ``y[T, 1]``, from which every statistic follows.
+
+    With ``t = x - max(x)``, ``e = exp(t)`` and ``s = sum(e)`` (so ``p = e / s``): ``log s``, the mean
+    ``sum(e t) / s`` (``= E_p[t]``), the pessimistic rank ``#{v: x_v >= x_y} - 1`` (compared on ``x``, not
+    ``t``, so that rounding in the subtraction never creates a tie), and ``t_y``. Then ``ce = log s - t_y``,
+    ``p_max = 1 / s`` and ``H(p) = log s - E_p[t]``. One exp per logit, no log, and no pass that torch.compile
+    cannot fuse into one loop.
+    """
+    m = x.amax(dim=1, keepdim=True)
+    t = x - m
+    e = torch.exp(t)
+    s = e.sum(dim=1)
+    # 0 * -inf (a logit of -inf, e.g. a masked vocabulary entry) would be nan: such a token adds 0 to the sum
+    mean_t = (e * t.clamp_min(torch.finfo(t.dtype).min)).sum(dim=1) / s
+    rank = (x >= x.gather(1, y)).sum(dim=1) - 1
+    return torch.log(s), mean_t, rank, t.gather(1, y).squeeze(1)
+
+
+def _reductions(x: Tensor, y: Tensor, compiled: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if not compiled or "broken" in _COMPILED:
+        return _row_reductions(x, y)
+    fn = _COMPILED.get("fn")
+    if fn is None:
+        fn = torch.compile(_row_reductions, dynamic=True)
+        try:  # the first call compiles; a machine without a working C++ toolchain falls back to eager, once
+            out = fn(x, y)
+        except Exception as e:  # noqa: BLE001
+            if "can't allocate memory" in str(e) or isinstance(e, torch.OutOfMemoryError):
+                raise
+            _COMPILED["broken"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            import warnings
+
+            warnings.warn(f"score.stats_backend=compiled: torch.compile failed ({_COMPILED['broken']}); the "
+                          "statistics run eagerly (same values, slower). Install a C++ compiler (g++) to compile.",
+                          stacklevel=3)
+            return _row_reductions(x, y)
+        _COMPILED["fn"] = fn
+        return out
+    return fn(x, y)
+
+
 @torch.no_grad()
-def token_stats_from_logits(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+def token_stats_from_logits(logits: Tensor, targets: Tensor, compiled: bool = False) -> dict[str, Tensor]:
     """All token statistics (module docstring) of ``logits[T, V]`` at ``targets[T]``.
 
-    The logits are upcast to float32. One pass over each row: logsumexp, max, gather, a comparison
-    count and ``sum p log p``. Returns ``{name: Tensor[T]}`` with keys :data:`STAT_KEYS`; ``rank`` is
-    int64, the rest float32.
+    The logits are upcast to float32 and reduced by :func:`_row_reductions` (``compiled``: through
+    torch.compile, see :data:`STATS_BACKENDS`). Returns ``{name: Tensor[T]}`` with keys :data:`STAT_KEYS`;
+    ``rank`` is int64, the rest float32.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [T, V], got shape {tuple(logits.shape)}")
@@ -59,14 +110,11 @@ def token_stats_from_logits(logits: Tensor, targets: Tensor) -> dict[str, Tensor
         raise ValueError(f"the vocabulary must hold at least 2 tokens to normalise entropy, got V={n_vocab}")
     x = logits.float()
     y = targets.long().to(x.device).unsqueeze(1)
-    lse = torch.logsumexp(x, dim=1)
-    x_max = x.max(dim=1).values
-    x_y = x.gather(1, y).squeeze(1)
-    # Tokens with a logit >= the expert's, the expert token itself excluded (pessimistic ties).
-    rank = (x >= x_y.unsqueeze(1)).sum(dim=1) - 1
-    logp = x - lse.unsqueeze(1)
-    entropy = torch.special.entr(logp.exp()).sum(dim=1) / math.log(n_vocab)
-    return stats_from_reductions(lse - x_y, rank, torch.exp(x_max - lse), entropy)
+    if x.shape[0] == 0:
+        compiled = False
+    log_s, mean_t, rank, t_y = _reductions(x, y, compiled)
+    entropy = (log_s - mean_t).clamp_min(0.0) / math.log(n_vocab)
+    return stats_from_reductions(log_s - t_y, rank, torch.exp(-log_s), entropy)
 
 
 def stats_from_reductions(ce: Tensor, rank: Tensor, max_p: Tensor, entropy: Tensor) -> dict[str, Tensor]:
@@ -122,7 +170,8 @@ def linear_head_parts(head: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor 
 
 @torch.no_grad()
 def score_hidden_states(
-    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_tokens: int, kernel: str = "auto"
+    hidden: Tensor, head: Callable[[Tensor], Tensor], targets: Tensor, chunk_tokens: int, kernel: str = "auto",
+    compiled: bool = False,
 ) -> dict[str, Tensor]:
     """Token statistics of ``head(hidden)`` at ``targets``, applying the head to ``chunk_tokens`` rows at a time.
 
@@ -135,7 +184,7 @@ def score_hidden_states(
     :mod:`proxy_exp.score.fused` (LM head and statistics in one pass over the vocabulary, no logits
     buffer, ``chunk_tokens`` unused; ``head`` must be a plain linear head, see :func:`linear_head_parts`);
     ``auto`` takes ``triton`` when ``hidden`` is on CUDA, triton imports and the head is plain linear,
-    else ``torch``.
+    else ``torch``. ``compiled``: the torch path's reductions run through torch.compile (:data:`STATS_BACKENDS`).
     """
     if kernel not in KERNELS:
         raise ValueError(f"score.kernel must be one of {KERNELS}, got {kernel!r}")
@@ -161,7 +210,7 @@ def score_hidden_states(
     if n == 0:
         return token_stats_from_logits(head(hidden), targets)
     parts = [
-        _stats_in_row_blocks(head(hidden[i : i + chunk_tokens]), targets[i : i + chunk_tokens])
+        _stats_in_row_blocks(head(hidden[i : i + chunk_tokens]), targets[i : i + chunk_tokens], compiled)
         for i in range(0, n, chunk_tokens)
     ]
     return _concat(parts)
@@ -173,12 +222,12 @@ def _concat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
-def _stats_in_row_blocks(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+def _stats_in_row_blocks(logits: Tensor, targets: Tensor, compiled: bool = False) -> dict[str, Tensor]:
     """:func:`token_stats_from_logits`, on CPU over row blocks of :data:`CPU_STATS_BLOCK_ELEMENTS` logits."""
     rows = max(1, CPU_STATS_BLOCK_ELEMENTS // max(1, logits.shape[-1]))
     if logits.device.type != "cpu" or logits.dim() != 2 or logits.shape[0] <= rows:
-        return token_stats_from_logits(logits, targets)
-    return _concat([token_stats_from_logits(logits[i : i + rows], targets[i : i + rows])
+        return token_stats_from_logits(logits, targets, compiled)
+    return _concat([token_stats_from_logits(logits[i : i + rows], targets[i : i + rows], compiled)
                     for i in range(0, logits.shape[0], rows)])
 
 
