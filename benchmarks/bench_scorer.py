@@ -4,22 +4,28 @@ Every path runs the model's decoder on the same random ``batch x seq_len`` ids a
 statistics of positions ``0..L-2`` at the next token (as scoring does):
 
 - ``bare forward``: the decoder stack only, no LM head (``model.base_model``): the floor;
+- ``forward + LM head``: the decoder stack and the LM head applied ``--chunk-tokens`` rows at a time, the
+  logits thrown away: what any loss computation pays, so ``stats cost`` (time over this row's, minus 1) is
+  what the statistics alone add;
 - ``naive HF`` (the anchor of docs/performance.md): ``model(ids).logits`` in full, then the statistics
   on float32 logits (``stats.token_stats_from_logits``);
 - ``chunked torch`` (proxy-exp, ``score.kernel=torch``): final hidden states, LM head and statistics
-  ``--chunk-tokens`` rows at a time (``stats.score_hidden_states``);
+  ``--chunk-tokens`` rows at a time (``stats.score_hidden_states``), with the reductions run eagerly and
+  through torch.compile (``score.stats_backend=eager|compiled``);
 - ``fused triton`` (proxy-exp, ``score.kernel=triton``, CUDA only): one pass over the vocabulary per
   token tile (``score/fused.py``);
 - ``liger FLCE``: Liger-Kernel's fused linear cross-entropy forward (CE only), when installed, CUDA only.
 
 Each path is called once (warm-up; its peak memory and statistics are taken there), then timed as the
-best of ``--repeats`` rounds that call every path once in turn (a shared machine's load hits all alike).
+best of ``--repeats`` rounds that call every path in turn (a shared machine's load hits all alike); on CPU
+a round calls a path back to back for ``--min-round-s`` (0.1 s), so that a call is timed in the steady
+state of a long scoring job rather than with the caches the previous path left cold.
 Reported: tokens/s (scored positions per second), peak memory (CUDA: max allocated; CPU: sampled
 peak RSS increase), MFU = FLOPs / time / peak with FLOPs = 2 x non-embedding params x tokens, plus
 2 x d_model x vocab x tokens for the paths that apply the LM head (attention score FLOPs left out),
 and the peak the measured dense matmul throughput of this device (or ``--peak-tflops``);
-``vs naive`` = throughput ratio to the anchor; ``overhead`` = time / bare-forward time - 1 (CPU
-target for chunked torch: <= 25%); ``max|dce|`` and ``rank=`` compare each path's statistics with the
+``vs naive`` = throughput ratio to the anchor; ``overhead`` = time / bare-forward time - 1;
+``stats cost`` = time / (forward + LM head) time - 1 (CPU target for the statistics: <= 25%); ``max|dce|`` and ``rank=`` compare each path's statistics with the
 naive path's.
 
   python benchmarks/bench_scorer.py --device cpu                 # tiny Llama + SmolLM2-135M shape
@@ -88,14 +94,23 @@ def bench_model(shape: str, args, peak_tflops: float) -> list[dict]:
     def hidden_rows():
         return final_hidden_states(model, ids)[:, :-1].reshape(-1, d_model)
 
+    def forward_and_head():
+        h = hidden_rows()
+        return [head(h[i:i + args.chunk_tokens]).shape for i in range(0, h.shape[0], args.chunk_tokens)]
+
     paths: list[tuple[str, object, bool]] = [
         ("bare forward (no LM head)", lambda: final_hidden_states(model, ids).sum(), False),
+        (f"forward + LM head ({args.chunk_tokens} rows, no stats)", forward_and_head, True),
         ("naive HF (full fp32 logits)",
          lambda: token_stats_from_logits(model(ids, use_cache=False).logits[:, :-1].reshape(-1, n_vocab), targets),
          True),
-        (f"chunked torch ({args.chunk_tokens} rows)",
+        (f"chunked torch ({args.chunk_tokens} rows), eager stats",
          lambda: score_hidden_states(hidden_rows(), head, targets, args.chunk_tokens, kernel="torch"), True),
     ]
+    if device == "cpu":  # on CUDA the fused kernel is the fast path (compiling the torch path needs triton too)
+        paths.append((f"chunked torch ({args.chunk_tokens} rows), compiled stats",
+                      lambda: score_hidden_states(hidden_rows(), head, targets, args.chunk_tokens, kernel="torch",
+                                                  compiled=True), True))
     if device == "cuda" and fused.triton_available():
         paths.append(("fused triton", lambda: score_hidden_states(hidden_rows(), head, targets, args.chunk_tokens,
                                                                   kernel="triton"), True))
@@ -141,13 +156,13 @@ def bench_model(shape: str, args, peak_tflops: float) -> list[dict]:
             if fused.RECOUNTS["tokens"]:
                 row["recounted"] = f"{fused.RECOUNTS['recounted'] / fused.RECOUNTS['tokens']:.2%}"
             rows.append(row)
-        times = interleaved_times(runnable, device, args.repeats)
+        times = interleaved_times(runnable, device, args.repeats, min_call_s=args.min_round_s)
     for row in rows:
         if row["path"] in times:
             seconds = times[row["path"]]
             row.update({"s/batch": f"{seconds:.4f}", "tokens/s": f"{n_scored / seconds:,.0f}",
                         "MFU": f"{row['_flops'] / seconds / (peak_tflops * 1e12):.1%}"})
-    bare, naive = paths[0][0], paths[1][0]
+    bare, with_head, naive = paths[0][0], paths[1][0], paths[2][0]
     for row in rows:
         name = row["path"]
         if name not in times:
@@ -156,12 +171,14 @@ def bench_model(shape: str, args, peak_tflops: float) -> list[dict]:
             row["vs naive"] = f"{times[naive] / times[name]:.2f}x"
         if name != bare and bare in times:
             row["overhead"] = f"{times[name] / times[bare] - 1:+.0%}"
+        if name not in (bare, with_head) and with_head in times:
+            row["stats cost"] = f"{times[name] / times[with_head] - 1:+.0%}"
         if name != bare and naive in results and isinstance(results[name], dict):
             ref, ours = results[naive], results[name]
             row["max|dce|"] = f"{(ours['ce'].float() - ref['ce'].float()).abs().max().item():.1e}"
             if "rank" in ours:
                 row["rank="] = f"{(ours['rank'] == ref['rank']).float().mean().item():.2%}"
-    print_table(rows, ["path", "s/batch", "tokens/s", "vs naive", "overhead", "peak mem", "MFU", "max|dce|", "rank=",
+    print_table(rows, ["path", "s/batch", "tokens/s", "vs naive", "overhead", "stats cost", "peak mem", "MFU", "max|dce|", "rank=",
                        "recounted"],
                 title=f"{shape}: {counts.total / 1e6:.1f}M params ({counts.non_embedding / 1e6:.1f}M non-embedding), "
                       f"vocab {n_vocab}, d {d_model}, batch {args.batch} x {args.seq_len}, {args.dtype}, {device}")
@@ -182,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-tokens", type=int, default=None, help="default: cpu 256 (ScoreConfig), cuda 1024")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds, each calling every path once (best round kept); default cpu 3, cuda 5")
+    parser.add_argument("--min-round-s", type=float, default=None,
+                        help="call each path back to back for about this long per round (steady state, warm caches, "
+                             "as in a long scoring job); default cpu 0.1, cuda 0 (one call)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="MFU denominator (default: measured dense matmul of this device and dtype)")
@@ -196,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     args.chunk_tokens = args.chunk_tokens or (1024 if cuda else 256)
     args.repeats = args.repeats or (5 if cuda else 3)
+    args.min_round_s = args.min_round_s if args.min_round_s is not None else (0.0 if cuda else 0.1)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = (args.models or ("qwen2-0.5b" if cuda else "tiny-llama,smollm2-135m")).split(",")

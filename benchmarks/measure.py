@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import platform
 import threading
@@ -35,19 +36,31 @@ def timed(fn: Callable[[], Any], device: str, repeats: int, warmup: int = 1) -> 
     return min(times), out
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], device: str, rounds: int) -> dict[str, float]:
-    """Best wall time of each function over ``rounds`` rounds that call every function once in turn.
+def interleaved_times(fns: dict[str, Callable[[], Any]], device: str, rounds: int,
+                      min_call_s: float = 0.0) -> dict[str, float]:
+    """Best wall time per call of each function over ``rounds`` rounds that call every function in turn.
 
-    Interleaving spreads a shared machine's load changes over all paths alike, so ratios stay fair.
+    Interleaving spreads a shared machine's load changes over all paths alike, so ratios stay fair. With
+    ``min_call_s`` a function is called back to back as many times as take about that long per round (the
+    time per call is their mean), so that a short call is measured in the steady state of a long job, not
+    with the caches the previous path left cold.
     """
+    calls = {}
+    for name, fn in fns.items():
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        calls[name] = max(1, math.ceil(min_call_s / max(time.perf_counter() - t0, 1e-9))) if min_call_s else 1
     best = {name: float("inf") for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             sync(device)
             t0 = time.perf_counter()
-            fn()
+            for _ in range(calls[name]):
+                fn()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls[name])
     return best
 
 

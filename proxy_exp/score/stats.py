@@ -43,12 +43,13 @@ CPU_STATS_BLOCK_ELEMENTS = 2**20
 
 
 # score.stats_backend: how the vocabulary reductions of the torch path run. eager = torch ops (the reference);
-# compiled = the same function through torch.compile (on CPU, Inductor fuses the row's passes into two C++
-# loops: about 4x faster than eager, 10x faster than logsumexp + entr); auto = compiled on CPU when the job has
-# at least COMPILE_MIN_LOGITS logits to reduce (compiling costs 3-6 s once per process), else eager.
+# compiled = the same computation through torch.compile (on CPU, Inductor fuses it into one C++ kernel with
+# two loops over each row: the statistics cost about 4x less than eager, benchmarks/bench_scorer.py); auto =
+# compiled on CPU when the job has at least COMPILE_MIN_LOGITS logits to reduce (compiling costs 3-6 s once per
+# process), else eager.
 STATS_BACKENDS: tuple[str, ...] = ("auto", "eager", "compiled")
 COMPILE_MIN_LOGITS = 2_000_000_000
-_COMPILED: dict[str, object] = {}  # "fn": the compiled reductions; "broken": why compiling failed here
+_COMPILED: dict[str, object] = {}  # "fn": the compiled _token_stats; "broken": why compiling failed here
 
 
 def _row_reductions(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -70,36 +71,45 @@ def _row_reductions(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
     return torch.log(s), mean_t, rank, t.gather(1, y).squeeze(1)
 
 
-def _reductions(x: Tensor, y: Tensor, compiled: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _token_stats(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """The statistics of ``logits[T, V]`` (any float dtype) at ``targets[T]`` (int64): upcast, reduce, derive."""
+    x = logits.float()
+    log_s, mean_t, rank, t_y = _row_reductions(x, targets.unsqueeze(1))
+    entropy = (log_s - mean_t).clamp_min(0.0) / math.log(x.shape[1])
+    return stats_from_reductions(log_s - t_y, rank, torch.exp(-log_s), entropy)
+
+
+def _run_stats(logits: Tensor, targets: Tensor, compiled: bool) -> dict[str, Tensor]:
     if not compiled or "broken" in _COMPILED:
-        return _row_reductions(x, y)
+        return _token_stats(logits, targets)
     fn = _COMPILED.get("fn")
     if fn is None:
-        fn = torch.compile(_row_reductions, dynamic=True)
+        fn = torch.compile(_token_stats, dynamic=True)
         try:  # the first call compiles; a machine without a working C++ toolchain falls back to eager, once
-            out = fn(x, y)
+            out = fn(logits, targets)
         except Exception as e:  # noqa: BLE001
             if "can't allocate memory" in str(e) or isinstance(e, torch.OutOfMemoryError):
                 raise
-            _COMPILED["broken"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            _COMPILED["broken"] = f"{type(e).__name__}: {first}"
             import warnings
 
             warnings.warn(f"score.stats_backend=compiled: torch.compile failed ({_COMPILED['broken']}); the "
                           "statistics run eagerly (same values, slower). Install a C++ compiler (g++) to compile.",
                           stacklevel=3)
-            return _row_reductions(x, y)
+            return _token_stats(logits, targets)
         _COMPILED["fn"] = fn
         return out
-    return fn(x, y)
+    return fn(logits, targets)
 
 
 @torch.no_grad()
 def token_stats_from_logits(logits: Tensor, targets: Tensor, compiled: bool = False) -> dict[str, Tensor]:
     """All token statistics (module docstring) of ``logits[T, V]`` at ``targets[T]``.
 
-    The logits are upcast to float32 and reduced by :func:`_row_reductions` (``compiled``: through
-    torch.compile, see :data:`STATS_BACKENDS`). Returns ``{name: Tensor[T]}`` with keys :data:`STAT_KEYS`;
-    ``rank`` is int64, the rest float32.
+    The logits are upcast to float32 and reduced by :func:`_row_reductions` (``compiled``: the whole
+    computation through torch.compile, see :data:`STATS_BACKENDS`). Returns ``{name: Tensor[T]}`` with keys
+    :data:`STAT_KEYS`; ``rank`` is int64, the rest float32.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [T, V], got shape {tuple(logits.shape)}")
@@ -108,13 +118,7 @@ def token_stats_from_logits(logits: Tensor, targets: Tensor, compiled: bool = Fa
     n_vocab = logits.shape[1]
     if n_vocab < 2:
         raise ValueError(f"the vocabulary must hold at least 2 tokens to normalise entropy, got V={n_vocab}")
-    x = logits.float()
-    y = targets.long().to(x.device).unsqueeze(1)
-    if x.shape[0] == 0:
-        compiled = False
-    log_s, mean_t, rank, t_y = _reductions(x, y, compiled)
-    entropy = (log_s - mean_t).clamp_min(0.0) / math.log(n_vocab)
-    return stats_from_reductions(log_s - t_y, rank, torch.exp(-log_s), entropy)
+    return _run_stats(logits, targets.long().to(logits.device), compiled and logits.shape[0] > 0)
 
 
 def stats_from_reductions(ce: Tensor, rank: Tensor, max_p: Tensor, entropy: Tensor) -> dict[str, Tensor]:
@@ -223,9 +227,10 @@ def _concat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def _stats_in_row_blocks(logits: Tensor, targets: Tensor, compiled: bool = False) -> dict[str, Tensor]:
-    """:func:`token_stats_from_logits`, on CPU over row blocks of :data:`CPU_STATS_BLOCK_ELEMENTS` logits."""
+    """:func:`token_stats_from_logits`, on CPU over row blocks of :data:`CPU_STATS_BLOCK_ELEMENTS` logits (eager
+    only: the compiled reductions keep no [rows, V] temporaries)."""
     rows = max(1, CPU_STATS_BLOCK_ELEMENTS // max(1, logits.shape[-1]))
-    if logits.device.type != "cpu" or logits.dim() != 2 or logits.shape[0] <= rows:
+    if compiled or logits.device.type != "cpu" or logits.dim() != 2 or logits.shape[0] <= rows:
         return token_stats_from_logits(logits, targets, compiled)
     return _concat([token_stats_from_logits(logits[i : i + rows], targets[i : i + rows], compiled)
                     for i in range(0, logits.shape[0], rows)])
