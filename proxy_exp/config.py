@@ -127,6 +127,12 @@ class ScoreConfig:
     # compiled on CPU when the job reduces at least 2e9 logits (tokens x vocabulary), else eager
     stats_backend: str = "auto"
     batch_size: int = 1  # traces per forward pass, longest first (the largest batch with auto_batch)
+    # auto | padded | packed: how a batch of traces enters the model. padded = right-padded rows; packed =
+    # padding-free, the batch's traces concatenated into one row with position ids restarting at 0 (each attends
+    # only to itself, checked on the first batch); auto = packed when the model's attention is variable-length
+    # (flash_attention_2/3, flex_attention: no work on padding, none across traces), else padded (with SDPA or
+    # eager attention a packed row computes attention over its whole length)
+    packing: str = "auto"
     auto_batch: bool = False  # halve the batch size when a batch runs out of memory, as lm-eval's "auto"
     freq_source: str = "traces"  # traces | corpus: where token frequencies for freq/inv_freq come from
     freq_smoothing: float = 1.0

@@ -396,6 +396,44 @@ def test_compiled_stats_backend_scores_the_same(model, tokenizer, traces):
         score_traces(model, tokenizer, traces, ScoreConfig(stats_backend="fast"), progress=False)
 
 
+def test_packed_batches_score_like_padded_ones(model, tokenizer, traces):
+    """Padding-free batches (traces concatenated into one row, position ids restarting at 0) give the padded
+    batches' statistics, on Llama and GPT-2 under SDPA, and forward no padding tokens."""
+    padded = score_traces(model, tokenizer, traces, ScoreConfig(batch_size=3, packing="padded"), progress=False)
+    packed = score_traces(model, tokenizer, traces, ScoreConfig(batch_size=3, packing="packed"), progress=False)
+    pd.testing.assert_frame_equal(padded.tokens, packed.tokens, check_exact=False, rtol=0, atol=1e-5)
+    assert (padded.tokens["rank"] == packed.tokens["rank"]).all()
+    seen = []
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    handle = body.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw.get("input_ids", a[0] if a else None).shape)), with_kwargs=True)
+    try:
+        score_traces(model, tokenizer, traces, ScoreConfig(batch_size=8, packing="packed"), progress=False)
+    finally:
+        handle.remove()
+    assert seen[-1] == (1, packed.tokens_forward)  # one row holding exactly the traces' tokens
+    # auto keeps SDPA models padded (a packed row would attend over its whole length)
+    assert ScoreConfig().packing == "auto"
+    with pytest.raises(ValueError, match="score.packing must be one of"):
+        score_traces(model, tokenizer, traces, ScoreConfig(packing="pack"), progress=False)
+
+
+def test_packing_refuses_a_model_that_mixes_packed_sequences(model, tokenizer, traces):
+    """Beside the real test above: a body that drops the position ids (as an architecture that does not know
+    the packed layout) lets the second trace attend to the first; the first batch's check catches it."""
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+
+    def drop_positions(module, args, kwargs):
+        kwargs.pop("position_ids", None)
+        return args, kwargs
+
+    handle = body.register_forward_pre_hook(drop_positions, with_kwargs=True)
+    try:
+        with pytest.raises(ValueError, match="does not keep packed sequences apart.*score.packing=padded"):
+            score_traces(model, tokenizer, traces, ScoreConfig(batch_size=3, packing="packed"), progress=False)
+    finally:
+        handle.remove()
+
+
 def test_batching_agrees_with_batch_size_one(model, tokenizer, traces):
     one = score_traces(model, tokenizer, traces, ScoreConfig(window=30, chunk_tokens=256, batch_size=1), progress=False)
     three = score_traces(model, tokenizer, traces, ScoreConfig(window=30, chunk_tokens=5, batch_size=3), progress=False)

@@ -14,8 +14,12 @@ from proxy_exp.score.stats import (
     COMPILE_MIN_LOGITS,
     KERNELS,
     STAT_KEYS,
+    PACKINGS,
     STATS_BACKENDS,
+    VARLEN_ATTENTION,
+    attention_implementation,
     check_lm_head,
+    check_packed_forward,
     final_hidden_states,
     lm_head_of,
     max_positions,
@@ -147,6 +151,8 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
         raise ValueError(f"score.kernel must be one of {KERNELS}, got {cfg.kernel!r}")
     if cfg.stats_backend not in STATS_BACKENDS:
         raise ValueError(f"score.stats_backend must be one of {STATS_BACKENDS}, got {cfg.stats_backend!r}")
+    if cfg.packing not in PACKINGS:
+        raise ValueError(f"score.packing must be one of {PACKINGS}, got {cfg.packing!r}")
     _check_traces(traces)
     max_pos = max_positions(model)
     if max_pos < 2:
@@ -160,6 +166,7 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     if cfg.batch_size > 1:
         order.sort(key=lambda i: -len(sequences[i].ids))
     n_logits = sum(len(s.targets) for s in sequences) * n_vocab
+    packed = cfg.packing == "packed" or (cfg.packing == "auto" and attention_implementation(model) in VARLEN_ATTENTION)
     compiled = cfg.stats_backend == "compiled" or (
         cfg.stats_backend == "auto" and device.type == "cpu" and n_logits >= COMPILE_MIN_LOGITS)
 
@@ -173,7 +180,8 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
             while start < len(order):
                 batch = [sequences[i] for i in order[start : start + batch_size]]
                 try:
-                    arrays = _score_batch(model, head, batch, pad_id, device, cfg, check=start == 0, compiled=compiled)
+                    arrays = _score_batch(model, head, batch, pad_id, device, cfg, check=start == 0, compiled=compiled,
+                                          packed=packed)
                 except (torch.OutOfMemoryError, RuntimeError) as e:
                     if not _is_oom(e) or not cfg.auto_batch or batch_size == 1:
                         raise
@@ -208,24 +216,38 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, check: bool,
-                 compiled: bool = False) -> dict[str, np.ndarray]:
-    """One right-padded batch through the body, then the LM head + statistics on its scored rows only."""
-    length = max(len(s.ids) for s in batch)
-    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-        attention_mask[row, : len(seq.ids)] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                 compiled: bool = False, packed: bool = False) -> dict[str, np.ndarray]:
+    """One batch through the body (right-padded rows, or ``packed`` into one padding-free row), then the LM head +
+    statistics on its scored rows only."""
     if check:
         n = min(_HEAD_CHECK_TOKENS, len(batch[0].ids))
-        check_lm_head(model, input_ids[:1, :n], attention_mask[:1, :n])
-    hidden = final_hidden_states(model, input_ids, attention_mask)
+        check_lm_head(model, torch.tensor(batch[0].ids[:n], device=device)[None])
+        if packed and len(batch) > 1:
+            check_packed_forward(model, batch[0].ids[:_HEAD_CHECK_TOKENS], batch[1].ids[:_HEAD_CHECK_TOKENS])
     rows, targets = [], []
-    for row, seq in enumerate(batch):
-        at = torch.as_tensor(seq.targets, device=device)
-        rows.append(hidden[row, at - 1])
-        targets.append(input_ids[row, at])
+    if packed and len(batch) > 1:
+        input_ids = torch.tensor([t for seq in batch for t in seq.ids], device=device)
+        position_ids = torch.cat([torch.arange(len(seq.ids)) for seq in batch]).to(device)
+        hidden = final_hidden_states(model, input_ids[None], None, position_ids=position_ids[None])[0]
+        offset = 0
+        for seq in batch:
+            at = torch.as_tensor(seq.targets, device=device) + offset
+            rows.append(hidden[at - 1])
+            targets.append(input_ids[at])
+            offset += len(seq.ids)
+    else:
+        length = max(len(s.ids) for s in batch)
+        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+            attention_mask[row, : len(seq.ids)] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        hidden = final_hidden_states(model, input_ids, attention_mask)
+        for row, seq in enumerate(batch):
+            at = torch.as_tensor(seq.targets, device=device)
+            rows.append(hidden[row, at - 1])
+            targets.append(input_ids[row, at])
     token_ids = torch.cat(targets)
     batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, cfg.kernel, compiled)
     arrays = {key: value.cpu().numpy() for key, value in batch_stats.items()}

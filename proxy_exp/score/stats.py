@@ -271,14 +271,45 @@ def max_positions(model) -> int:
     )
 
 
-def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor | None = None,
+                        position_ids: Tensor | None = None) -> Tensor:
     """Last hidden states ``[B, L, D]`` after the final norm, without computing logits.
 
     Runs ``model.base_model`` (the decoder stack: ``GPT2Model``, ``LlamaModel``, ...), whose
-    ``last_hidden_state`` is what the LM head consumes.
+    ``last_hidden_state`` is what the LM head consumes. ``position_ids`` restarting at 0 inside a row (and no
+    ``attention_mask``) is transformers' padding-free layout: each packed sequence attends only to itself.
     """
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    kwargs = {} if position_ids is None else {"position_ids": position_ids}
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
     return out.last_hidden_state
+
+
+PACKINGS: tuple[str, ...] = ("auto", "padded", "packed")
+# attention implementations that run packed sequences as variable-length attention (no L_total^2 work)
+VARLEN_ATTENTION: tuple[str, ...] = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def attention_implementation(model) -> str:
+    return str(getattr(_text_config(model), "_attn_implementation", None) or getattr(model.config, "_attn_implementation", ""))
+
+
+def check_packed_forward(model, first: list[int], second: list[int]) -> None:
+    """Raise ValueError unless packing ``first`` and ``second`` into one row (position ids restarting at 0, no
+    attention mask) gives the hidden states each has alone: the architecture must honour packed position ids."""
+    a, b = torch.tensor(first)[None], torch.tensor(second)[None]
+    device = next(model.parameters()).device
+    alone = torch.cat([final_hidden_states(model, a.to(device)), final_hidden_states(model, b.to(device))], dim=1)
+    ids = torch.cat([a, b], dim=1).to(device)
+    pos = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])])[None].to(device)
+    packed = final_hidden_states(model, ids, None, position_ids=pos)
+    scale = alone.abs().max().item()
+    diff = (packed.float() - alone.float()).abs().max().item()
+    if not diff <= 1e-2 * scale + 1e-5:
+        raise ValueError(
+            f"score.packing=packed: {type(model).__name__} (attention {attention_implementation(model)!r}) does not "
+            f"keep packed sequences apart (max abs difference {diff:.3g} at scale {scale:.3g} against scoring each "
+            "alone): set score.packing=padded (or auto)"
+        )
 
 
 def check_lm_head(model, input_ids: Tensor, attention_mask: Tensor | None = None) -> None:
