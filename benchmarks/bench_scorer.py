@@ -30,6 +30,8 @@ naive path's.
 
   python benchmarks/bench_scorer.py --device cpu                 # tiny Llama + SmolLM2-135M shape
   python benchmarks/bench_scorer.py --device cuda                # Qwen2-0.5B shape, 8 x 1024, bf16
+  python benchmarks/bench_scorer.py --device cuda --models qwen2-7b --batch 1 --seq-len 32768 --repeats 2
+                                                                 # a 32k trace at 152k vocab beside a 7B model
 """
 from __future__ import annotations
 
@@ -51,10 +53,10 @@ from proxy_exp.score import fused  # noqa: E402
 from proxy_exp.score.stats import final_hidden_states, lm_head_of, score_hidden_states, token_stats_from_logits  # noqa: E402
 
 # Model shapes (random init): name -> builder(dtype) -> model
-SHAPES = ("tiny-llama", "smollm2-135m", "qwen2-0.5b")
+SHAPES = ("tiny-llama", "smollm2-135m", "qwen2-0.5b", "qwen2-7b")
 
 
-def build(shape: str, dtype: torch.dtype):
+def build(shape: str, dtype: torch.dtype, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     torch.manual_seed(0)
@@ -70,15 +72,20 @@ def build(shape: str, dtype: torch.dtype):
         cfg = Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                           intermediate_size=4864, vocab_size=151936, max_position_embeddings=4096,
                           tie_word_embeddings=True)
+    elif shape == "qwen2-7b":  # Qwen2-7B's config.json: the "7B-class model" beside which a 32k trace must fit 80 GB
+        cfg = Qwen2Config(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                          intermediate_size=18944, vocab_size=152064, max_position_embeddings=32768,
+                          tie_word_embeddings=False)
     else:
         raise ValueError(f"--models: unknown shape {shape!r}; use {SHAPES}")
-    return AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    with torch.device(device):  # built where it runs: a 7B model is not materialised on the host first
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
 
 
 def bench_model(shape: str, args, peak_tflops: float) -> list[dict]:
     device = args.device
     dtype = getattr(torch, args.dtype)
-    model = build(shape, dtype).to(device).eval()
+    model = build(shape, dtype, device).eval()
     counts = count_params(model)
     head = lm_head_of(model)
     weight = model.get_output_embeddings().weight
