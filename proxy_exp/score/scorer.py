@@ -21,6 +21,7 @@ from proxy_exp.score.stats import (
     check_lm_head,
     check_packed_forward,
     final_hidden_states,
+    is_oom,
     lm_head_of,
     max_positions,
     score_hidden_states,
@@ -183,7 +184,7 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
                     arrays = _score_batch(model, head, batch, pad_id, device, cfg, check=start == 0, compiled=compiled,
                                           packed=packed)
                 except (torch.OutOfMemoryError, RuntimeError) as e:
-                    if not _is_oom(e) or not cfg.auto_batch or batch_size == 1:
+                    if not is_oom(e) or not cfg.auto_batch or batch_size == 1:
                         raise
                     # as lm-evaluation-harness's auto batch size: halve and retry the same traces (longest first,
                     # so the first batch that fits bounds every later one)
@@ -208,11 +209,6 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
         tokens = pd.DataFrame({c: pd.Series(dtype=_column_dtype(c)) for c in TOKEN_COLUMNS})
     return ScoreOutput(tokens=tokens, tokens_forward=sum(len(s.ids) for s in sequences), n_traces=len(sequences),
                        batch_size=batch_size if sequences else cfg.batch_size)
-
-
-def _is_oom(e: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
 
 
 def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, check: bool,

@@ -52,6 +52,11 @@ COMPILE_MIN_LOGITS = 2_000_000_000
 _COMPILED: dict[str, object] = {}  # "fn": the compiled _token_stats; "broken": why compiling failed here
 
 
+def is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
 def _row_reductions(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Four reductions of float32 rows ``x[T, V]`` at ``y[T, 1]``, from which every statistic follows.
 
@@ -88,7 +93,7 @@ def _run_stats(logits: Tensor, targets: Tensor, compiled: bool) -> dict[str, Ten
         try:  # the first call compiles; a machine without a working C++ toolchain falls back to eager, once
             out = fn(logits, targets)
         except Exception as e:  # noqa: BLE001
-            if "can't allocate memory" in str(e) or isinstance(e, torch.OutOfMemoryError):
+            if is_oom(e):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             _COMPILED["broken"] = f"{type(e).__name__}: {first}"
