@@ -17,7 +17,8 @@ from proxy_exp.config import (CorpusConfig, EvaluateConfig, ModelConfig, Pretrai
 DONE = "DONE.json"
 # Fields that change how a unit runs, not what it computes.
 _OPERATIONAL = {"log_every", "checkpoint_every", "keep_checkpoints", "stop_after_steps", "num_threads", "nodes",
-                "gpus_per_node", "tasks_per_node", "preempt_signal", "batch_size", "auto_batch", "kernel", "compile", "name", "licence", "citation"}
+                "gpus_per_node", "tasks_per_node", "preempt_signal", "batch_size", "auto_batch", "kernel", "stats_backend",
+                "packing", "compile", "name", "licence", "citation"}
 
 
 def _result_fields(obj: Any) -> Any:

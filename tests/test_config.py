@@ -118,6 +118,12 @@ def test_unit_ids_stable_and_sensitive():
     assert a == units.train_unit_id(C.ModelConfig(), t, {}, c, C.PretrainConfig(log_every=99), 0)  # operational only
     assert a != units.train_unit_id(m, t, {}, c, C.PretrainConfig(lr=1e-4), 0)
     assert a != units.train_unit_id(m, t, {}, c, p, 1)
+    tr, sc = C.TracesConfig(), C.ScoreConfig()
+    s = units.score_unit_id("m", tr, sc)
+    # how the statistics are computed (same values within float tolerance) does not make another unit
+    assert s == units.score_unit_id("m", tr, C.ScoreConfig(kernel="torch", stats_backend="compiled", packing="packed",
+                                                           batch_size=8, auto_batch=True))
+    assert s != units.score_unit_id("m", tr, C.ScoreConfig(window=20))
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY))
