@@ -44,6 +44,14 @@ def _checkpoint_frame(uri: str, frame):
     return pd.DataFrame(out) if out else None
 
 
+def _write_csv(df, path: str) -> str:
+    """Write ``df`` to ``path`` under a temporary name, then rename: never a partial CSV under the real name."""
+    tmp = path + ".tmp"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
 def find_campaign_run(tcfg: TrackingConfig, root: str, name: str) -> str:
     """The latest parent run of the campaign called ``name``."""
     from mlflow.tracking import MlflowClient
@@ -100,8 +108,7 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     os.makedirs(out, exist_ok=True)
     files = {}
     for name, df in (("ranking", report.table), ("methods", report.methods), ("frontier", report.frontier)):
-        files[name] = os.path.join(out, f"{name}.csv")
-        df.to_csv(files[name], index=False)
+        files[name] = _write_csv(df, os.path.join(out, f"{name}.csv"))
     summary = report.summary_text()
     files["summary"] = os.path.join(out, "summary.txt")
     with open(files["summary"], "w") as f:
@@ -138,10 +145,7 @@ def analyze_datadecide(out_dir: str, plots: bool = True) -> str:
 
     table = datadecide_decision_accuracy()
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "decision_accuracy.csv")
-    tmp = path + ".tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    path = _write_csv(table, os.path.join(out_dir, "decision_accuracy.csv"))
     with pd.option_context("display.width", 160):
         print("DataDecide (Magnusson et al. 2025, ODC-BY 1.0): 25 recipes ranked at each size by the seed mean of "
               "-ln(correct_prob_per_char), vs the 1B ranking by 3-seed mean OLMES accuracy")
@@ -153,13 +157,6 @@ def analyze_datadecide(out_dir: str, plots: bool = True) -> str:
         plot_frontier(points, pareto_frontier(points), os.path.join(out_dir, "frontier.png"),
                       title="DataDecide: compute vs decision accuracy (vs 1B)")
     print(f"\nwritten: {path}")
-    return path
-
-
-def _write_csv(df, path: str) -> str:
-    tmp = path + ".tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
     return path
 
 
@@ -271,10 +268,9 @@ def analyze_forecast(tcfg: TrackingConfig, root: str, out_dir: str, acfg: Analys
     table, preds = forecast_report(hist, "proxy", "ce", "accuracy", acfg.horizon_multiple, until, bounds)
     if table["rmse"].isna().all():
         raise ValueError(f"forecast: every fit failed on run {run_id}: {table['note'].iloc[0]}")
-    table["method"] = table["method"].str.replace("proxy", acfg.primary_proxy, regex=False).str.replace(
-        "from ce ", f"from {acfg.ce_proxy} ", regex=False)
-    preds["method"] = preds["method"].str.replace("proxy", acfg.primary_proxy, regex=False).str.replace(
-        "from ce ", f"from {acfg.ce_proxy} ", regex=False)
+    for df in (table, preds):  # method names: the proxies behind forecast_report's proxy / ce columns
+        df["method"] = df["method"].str.replace("proxy", acfg.primary_proxy, regex=False).str.replace(
+            "from ce ", f"from {acfg.ce_proxy} ", regex=False)
     os.makedirs(out_dir, exist_ok=True)
     files = {"forecast": _write_csv(table, os.path.join(out_dir, "forecast.csv")),
              "predictions": _write_csv(preds, os.path.join(out_dir, "forecast_predictions.csv")),
