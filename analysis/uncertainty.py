@@ -43,6 +43,15 @@ def _da_and_rho(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nda
     return da, rho
 
 
+def _intervals(das: list, rhos: list, alpha: float) -> dict[str, np.ndarray]:
+    """The ``alpha/2`` and ``1 - alpha/2`` percentiles (NaN-skipping) of the resampled values, keys CI_COLUMNS."""
+    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    das, rhos = np.asarray(das, dtype=float), np.asarray(rhos, dtype=float)
+    with np.errstate(all="ignore"):
+        return {"da_lo": np.nanpercentile(das, lo, axis=0), "da_hi": np.nanpercentile(das, hi, axis=0),
+                "spearman_lo": np.nanpercentile(rhos, lo, axis=0), "spearman_hi": np.nanpercentile(rhos, hi, axis=0)}
+
+
 def trace_seed_bootstrap(per_trace: Mapping[tuple, pd.DataFrame], proxies: Sequence[str],
                          lower_is_better: Sequence[bool], truth_by_seed: pd.DataFrame, truth_lower_is_better: bool,
                          n_boot: int = 500, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
@@ -87,13 +96,7 @@ def trace_seed_bootstrap(per_trace: Mapping[tuple, pd.DataFrame], proxies: Seque
         da, rho = _da_and_rho(proxy[:, sidx, :].mean(axis=1), truth[:, tidx].mean(axis=1))
         das.append(da)
         rhos.append(rho)
-    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    das, rhos = np.array(das), np.array(rhos)
-    with np.errstate(all="ignore"):
-        out = pd.DataFrame({"da_lo": np.nanpercentile(das, lo, axis=0), "da_hi": np.nanpercentile(das, hi, axis=0),
-                            "spearman_lo": np.nanpercentile(rhos, lo, axis=0),
-                            "spearman_hi": np.nanpercentile(rhos, hi, axis=0)}, index=list(proxies))
-    return out
+    return pd.DataFrame(_intervals(das, rhos, alpha), index=list(proxies))
 
 
 def seed_bootstrap(pred_by_seed: pd.DataFrame, lower_is_better: bool, truth_by_seed: pd.DataFrame,
@@ -115,7 +118,4 @@ def seed_bootstrap(pred_by_seed: pd.DataFrame, lower_is_better: bool, truth_by_s
         da, rho = _da_and_rho(pred[:, s].mean(axis=1)[:, None], truth[:, t].mean(axis=1))
         das.append(da[0])
         rhos.append(rho[0])
-    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    with np.errstate(all="ignore"):
-        return {"da_lo": float(np.nanpercentile(das, lo)), "da_hi": float(np.nanpercentile(das, hi)),
-                "spearman_lo": float(np.nanpercentile(rhos, lo)), "spearman_hi": float(np.nanpercentile(rhos, hi))}
+    return {k: float(v) for k, v in _intervals(das, rhos, alpha).items()}
