@@ -42,14 +42,8 @@ def run_unit_group(kind: str, configs: list, raise_on_failure: bool = True) -> l
     """Several units in one job (``executor.units_per_job``), each in its own spawned process, all at once on
     the job's device. Returns one ``("done", result)`` or ``("failed", message)`` per config, in order; with
     ``raise_on_failure`` (Slurm: a failed unit must fail the job, so its dependants do not start) a
-    RuntimeError naming the failed units is raised after every unit has ended."""
-    if len(configs) == 1:
-        try:
-            return [("done", run_unit(kind, configs[0]))]
-        except Exception as e:  # noqa: BLE001
-            if raise_on_failure:
-                raise
-            return [("failed", f"{type(e).__name__}: {e}")]
+    RuntimeError naming the failed units is raised after every unit has ended. (A job of one unit runs
+    :func:`run_unit` itself.)"""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

@@ -68,7 +68,8 @@ def score(cfg: ScoreJobConfig, progress: bool = True) -> ScoreResult:
 
     t0 = time.time()
     root = resolve_root(cfg.paths)
-    uid = cfg.unit_id or units.score_unit_id(model_ref(cfg.model), cfg.traces, cfg.score)
+    ref = model_ref(cfg.model)
+    uid = cfg.unit_id or units.score_unit_id(ref, cfg.traces, cfg.score)
     done = units.read_done(root, uid)
     if done is not None:
         return ScoreResult(**done)
@@ -76,7 +77,6 @@ def score(cfg: ScoreJobConfig, progress: bool = True) -> ScoreResult:
     udir = units.unit_dir(root, uid)
     os.makedirs(udir, exist_ok=True)
     traces = load_traces(cfg.traces)
-    ref = model_ref(cfg.model)
     cfg.model = resolve_model(cfg.model, os.path.join(root, "cache"))
     model, tok = load_model(cfg.model)
     n_params = count_params(model).total
@@ -116,11 +116,11 @@ def evaluate(cfg: EvalJobConfig, progress: bool = True) -> EvalResult:
 
     t0 = time.time()
     root = resolve_root(cfg.paths)
-    uid = cfg.unit_id or units.eval_unit_id(model_ref(cfg.model), cfg.evaluate)
+    ref = model_ref(cfg.model)
+    uid = cfg.unit_id or units.eval_unit_id(ref, cfg.evaluate)
     done = units.read_done(root, uid)
     if done is not None:
         return EvalResult(**done)
-    ref = model_ref(cfg.model)
     cfg.model = resolve_model(cfg.model, os.path.join(root, "cache"))
     if not cfg.model.path or not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a model folder; give a local HF model folder")
