@@ -8,12 +8,26 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 from tests.slurm_cluster import slurm_cluster  # noqa: E402,F401  (session fixture: the local Slurm cluster)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
+BIN = os.path.dirname(sys.executable)
+
+
+def run_cli(name: str, *args: str, ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one of the venv's console scripts as a user would (one torch thread); with ``ok``, fail the test with
+    the output's tail unless it exits 0."""
+    r = subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if ok:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
 
 
 @pytest.fixture

@@ -1,24 +1,13 @@
 """The console scripts as a user runs them: train -> score -> evaluate, a multirun sweep, bad input."""
 import glob
 import os
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, run_cli as _cli
 
-BIN = os.path.dirname(sys.executable)
 TRACES = ["traces=jsonl", f"traces.paths=[{os.path.join(FIXTURES, 'traces.jsonl')}]", "traces.tasks=[]"]
-
-
-def _cli(name, *args, ok=True):
-    r = subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if ok:
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r
 
 
 def _runs(root, kind):

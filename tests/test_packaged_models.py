@@ -2,26 +2,19 @@
 scored and evaluated through the console scripts, Gemma-3-270M's chunked weights are assembled once."""
 import glob
 import os
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from proxy_exp.config import ModelConfig
 from proxy_exp.models import model_ref, resolve_model
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, run_cli
 
 pytestmark = pytest.mark.slow
-BIN = os.path.dirname(sys.executable)
 
 
 def _cli(name, *args, ok=True):
-    r = subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if ok:
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r
+    return run_cli(name, *args, ok=ok, timeout=900)
 
 
 def test_smollm2_scores_and_evaluates_from_its_package(tmp_path):
