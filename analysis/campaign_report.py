@@ -17,7 +17,8 @@ import pandas as pd
 from analysis.decisions import decision_accuracy_seeds, rank_correlations, ranks
 from analysis.pareto import pareto_frontier
 from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, trace_seed_bootstrap
-from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS, proxy_key
+from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS
+from proxy_exp.tracking import keys as K
 
 # Direction of each direct-evaluation metric logged as eval/mean/<metric>: all higher-is-better.
 TRUTH_LOWER_IS_BETTER: dict[str, bool] = {"acc": False, "acc_norm": False, "logprob_per_char": False}
@@ -124,10 +125,10 @@ def _by_seed(rows: pd.DataFrame, col: str, size: str, notes: list[str]) -> pd.Da
 def _compute(rows: pd.DataFrame, cost_col: str, corpora: pd.Index, target_flops: float) -> float:
     """Per-corpus FLOPs (train + ``cost_col`` summed over seeds), averaged over ``corpora``."""
     sub = rows[rows["corpus"].isin(corpora)]
-    if sub[["flops/train", cost_col]].isna().any().any():
+    if sub[[K.FLOPS_TRAIN, cost_col]].isna().any().any():
         raise ValueError(f"campaign_decisions: runs {sub.loc[sub[['flops/train', cost_col]].isna().any(axis=1), 'run_id'].tolist()} "
                          f"lack flops/train or {cost_col}; compute cannot be counted")
-    per_corpus = (sub["flops/train"] + sub[cost_col]).groupby(sub["corpus"]).sum()
+    per_corpus = (sub[K.FLOPS_TRAIN] + sub[cost_col]).groupby(sub["corpus"]).sum()
     return float(per_corpus.mean() / target_flops)
 
 
@@ -143,8 +144,8 @@ def _checkpoint_rows(checkpoints: pd.DataFrame, scores: pd.DataFrame, keys: list
         have = sub[["corpus", "seed"]].drop_duplicates()
         if len(have.merge(want)) < len(want):
             continue  # a checkpoint some run lacks (a different schedule or an unfinished run): not comparable
-        sub = sub.merge(final[["corpus", "seed", "flops/train", "flops/score"]], on=["corpus", "seed"])
-        flops = (sub["flops/train"] * sub["fraction"] + sub["flops/score"]).groupby(sub["corpus"]).sum()
+        sub = sub.merge(final[["corpus", "seed", K.FLOPS_TRAIN, K.FLOPS_SCORE]], on=["corpus", "seed"])
+        flops = (sub[K.FLOPS_TRAIN] * sub["fraction"] + sub[K.FLOPS_SCORE]).groupby(sub["corpus"]).sum()
         compute = float(flops.mean() / target_flops)
         label_size = f"{size}@{int(step)}"
         for key, method, low in zip(keys, names, lower):
@@ -224,7 +225,7 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
     if truth_metric not in TRUTH_LOWER_IS_BETTER:
         raise ValueError(f"truth_metric={truth_metric!r}: expected one of {sorted(TRUTH_LOWER_IS_BETTER)}")
     truth_lower = TRUTH_LOWER_IS_BETTER[truth_metric]
-    truth_col = f"eval/mean/{truth_metric}"
+    truth_col = K.eval_key(K.MEAN, truth_metric)
     notes: list[str] = []
 
     target_eval = _rows(frame, "evaluate", "target")
@@ -243,19 +244,19 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
 
     target_train = _rows(frame, "train", "target")
     flops_source = target_train if not target_train.empty else target_eval
-    _require(flops_source, ["flops/train"], "target runs")
-    target_flops = float(flops_source["flops/train"].mean())
+    _require(flops_source, [K.FLOPS_TRAIN], "target runs")
+    target_flops = float(flops_source[K.FLOPS_TRAIN].mean())
     if not target_flops > 0:
         raise ValueError(f"campaign_decisions: target flops/train is {target_flops}; compute needs it > 0")
 
     scores = _rows(frame, "score", "proxy")
     if scores.empty:
         raise ValueError("campaign_decisions: no finished score run of role proxy")
-    keys = [proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
-    _require(scores, keys + ["flops/train", "flops/score"], "proxy score runs")
+    keys = [K.proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
+    _require(scores, keys + [K.FLOPS_TRAIN, K.FLOPS_SCORE], "proxy score runs")
 
     rows: list[dict] = []
-    names = [k[len("proxy/"):] for k in keys]
+    names = [K.parse_proxy_key(k)[1] for k in keys]
     lower = [LOWER_IS_BETTER[n.split("/")[0]] for n in names]
     for size, sub in scores.groupby("size", sort=True):
         traces_here = {(c, sd): df for (c, sz, sd), df in (per_trace or {}).items() if sz == size}
@@ -271,7 +272,7 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
             ci = (cis.loc[method].to_dict() if cis is not None else
                   seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed))
             rows.append({"method": method, "family": family, "size": size, "label": f"{method} @ {size}",
-                         "compute": _compute(sub, "flops/score", by_seed.index, target_flops),
+                         "compute": _compute(sub, K.FLOPS_SCORE, by_seed.index, target_flops),
                          **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
 
     if checkpoints is not None and not checkpoints.empty:
@@ -280,24 +281,24 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
 
     proxy_eval = _rows(frame, "evaluate", "proxy")
     if not proxy_eval.empty:
-        _require(proxy_eval, [truth_col, "flops/train", "flops/eval"], "proxy evaluate runs")
+        _require(proxy_eval, [truth_col, K.FLOPS_TRAIN, K.FLOPS_EVAL], "proxy evaluate runs")
         for size, sub in proxy_eval.groupby("size", sort=True):
             by_seed = _by_seed(sub, truth_col, size, notes)
             rows.append({"method": DIRECT_EVAL, "family": "direct_eval", "size": size,
                          "label": f"{DIRECT_EVAL} @ {size}",
-                         "compute": _compute(sub, "flops/eval", by_seed.index, target_flops),
+                         "compute": _compute(sub, K.FLOPS_EVAL, by_seed.index, target_flops),
                          **_evaluate_method(by_seed, truth, truth_lower, truth_lower),
                          **seed_bootstrap(by_seed, truth_lower, truth_by_seed, truth_lower, n_boot, boot_seed)})
     methods = pd.DataFrame(rows, columns=METHOD_COLUMNS)
 
     if table_size is None:
-        table_size = str(scores.groupby("size")["flops/train"].mean().idxmax())
+        table_size = str(scores.groupby("size")[K.FLOPS_TRAIN].mean().idxmax())
     table_rows = scores[scores["size"] == table_size]
     if table_rows.empty:
         raise ValueError(f"campaign_decisions: table_size={table_size!r} has no proxy score runs; "
                          f"sizes: {sorted(scores['size'].unique())}")
-    p_vals = _by_seed(table_rows, proxy_key(*primary_proxy.split("/")), table_size, []).mean(axis=1)
-    c_vals = _by_seed(table_rows, proxy_key(*ce_proxy.split("/")), table_size, []).mean(axis=1)
+    p_vals = _by_seed(table_rows, K.proxy_key(*primary_proxy.split("/")), table_size, []).mean(axis=1)
+    c_vals = _by_seed(table_rows, K.proxy_key(*ce_proxy.split("/")), table_size, []).mean(axis=1)
     corpora = truth.index.intersection(p_vals.index).intersection(c_vals.index)
     table = pd.DataFrame({"corpus": corpora,
                           "proxy": p_vals.loc[corpora].to_numpy(),

@@ -50,6 +50,22 @@ def _oriented_pair(pred: Values, truth: Values, pred_lower_is_better: bool,
     return common, (-pv if pred_lower_is_better else pv), (-tv if truth_lower_is_better else tv)
 
 
+def pairwise_decision_accuracy(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Decision accuracy of each column of ``pred`` ``[item, method]`` against ``truth`` ``[item]``, both oriented
+    so that higher is better: the share of item pairs decided in the truth whose predicted winner is the true one,
+    a pair tied in the prediction counting 1/2. NaN where every pair is tied in the truth."""
+    pred = np.asarray(pred, dtype=float)
+    truth = np.asarray(truth, dtype=float)
+    i, j = np.triu_indices(pred.shape[0], k=1)
+    sign_p = np.sign(pred[i] - pred[j])
+    sign_t = np.sign(truth[i] - truth[j])
+    decided = sign_t != 0
+    if not decided.any():
+        return np.full(pred.shape[1], np.nan)
+    score = np.where(sign_p == 0, 0.5, (sign_p == sign_t[:, None]).astype(float))
+    return score[decided].mean(axis=0)
+
+
 def decision_accuracy(pred: Values, truth: Values, pred_lower_is_better: bool,
                       truth_lower_is_better: bool) -> float:
     """Share of unordered item pairs whose predicted winner is the true winner.
@@ -62,14 +78,7 @@ def decision_accuracy(pred: Values, truth: Values, pred_lower_is_better: bool,
     pairwise difference matrices (O(n^2) memory, fine for hundreds of items).
     """
     _, p, t = _oriented_pair(pred, truth, pred_lower_is_better, truth_lower_is_better)
-    i, j = np.triu_indices(len(p), k=1)
-    sign_p = np.sign(p[i] - p[j])
-    sign_t = np.sign(t[i] - t[j])
-    decided = sign_t != 0
-    if not decided.any():
-        return float("nan")
-    score = np.where(sign_p == 0, 0.5, (sign_p == sign_t).astype(float))
-    return float(score[decided].mean())
+    return float(pairwise_decision_accuracy(p[:, None], t)[0])
 
 
 def decision_accuracy_seeds(pred_by_seed: pd.DataFrame, truth: Values, pred_lower_is_better: bool,

@@ -329,6 +329,19 @@ def compute_only_forecast(steps: Sequence[float], accuracy: Sequence[float], fit
                           fit_until_step=float(fit_until_step), n_fit=int(s_fit.size), compute_fit=compute_fit)
 
 
+def accuracy_bounds(values: Sequence[float], configured: Sequence[float] = ()) -> tuple[float, float]:
+    """The ``[lo, hi]`` bounds of the sigmoid's asymptotes (``analysis.accuracy_bounds``): the configured pair, or,
+    when none is given, ``[0, 1]`` if every value lies there (an accuracy), else unbounded (a continuous metric such
+    as ``eval/mean/logprob_per_char``)."""
+    if configured:
+        if len(configured) != 2 or not configured[0] < configured[1]:
+            raise ValueError(f"analysis.accuracy_bounds={list(configured)}: give [lo, hi] with lo < hi, or [] for "
+                             "automatic")
+        return float(configured[0]), float(configured[1])
+    v = np.asarray(values, dtype=float)
+    return (0.0, 1.0) if bool(np.all((v >= 0) & (v <= 1))) else (float("-inf"), float("inf"))
+
+
 # --------------------------------------------------------------------------- one run's report
 REPORT_COLUMNS = ["method", "rmse", "mean_stderr", "n_fit", "n_held_out", "fit_until_step", "horizon_step", "note"]
 

@@ -24,6 +24,8 @@ import pandas as pd
 from analysis.runs import TAG
 from analysis.selection import (CE_PROXY, PROXY_COLUMNS, TRUTH_COLUMNS, _spearman, ce_baseline, k_sparse,
                                 leave_k_tasks_out, ranksvm, single_best, summarise_cv, validate_inputs)
+from analysis.uncertainty import percentile_interval
+from proxy_exp.tracking import keys
 
 OVERALL = "overall"
 REPORT_COLUMNS = ["method", "spearman_mean", "spearman_std", "ci_lo", "ci_hi", "n_splits", "chosen"]
@@ -66,20 +68,10 @@ TRACE_PARAMS = ("traces.source", "traces.tasks", "traces.per_task", "traces.path
 
 def _trace_signature(runs: pd.DataFrame) -> pd.Series:
     """What a score run scored: its trace source, tasks, items per task and files (not the set's name, which an
-    override of traces.tasks leaves unchanged)."""
-    cols = [_param(runs, p).astype(str) for p in TRACE_PARAMS]
+    override of traces.tasks leaves unchanged); list params compared as lists, whichever way they were logged."""
+    cols = [_param(runs, p).map(lambda v: str(keys.parse_param(v))) for p in TRACE_PARAMS]
     return pd.Series([" ".join(f"{p.split('.')[1]}={v}" for p, v in zip(TRACE_PARAMS, vals)) for vals in zip(*cols)],
                      index=runs.index, dtype=object)
-
-
-def _parse_list(text) -> list:
-    import ast
-
-    try:
-        value = ast.literal_eval(str(text))
-    except (ValueError, SyntaxError):
-        return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
 
 
 def _label(row: pd.Series) -> str:
@@ -97,8 +89,9 @@ def _trace_tasks(score_runs: pd.DataFrame) -> list[str]:
     """Trace tasks that every kept score run has proxies for (columns other runs brought in are NaN here)."""
     tasks = set()
     for c in score_runs.columns:
-        if c.startswith("metrics.proxy_task/") and score_runs[c].notna().all():
-            tasks.add(c[len("metrics.proxy_task/"):].split("/")[0])
+        parsed = keys.parse_proxy_key(c[len("metrics."):]) if c.startswith("metrics.") else None
+        if parsed is not None and parsed[0] is not None and score_runs[c].notna().all():
+            tasks.add(parsed[0])
     return sorted(tasks)
 
 
@@ -146,7 +139,7 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
         raise ValueError("model selection: no finished score run" + (f" over traces {traces!r}" if traces else "")
                          + "; score the population first (proxy-score -m model.path=...,...)")
     if trace_tasks:
-        score = score[_param(score, "traces.tasks").map(_parse_list).map(lambda t: t == [str(x) for x in trace_tasks])]
+        score = score[_param(score, "traces.tasks").map(keys.parse_param_list).map(lambda t: t == [str(x) for x in trace_tasks])]
         if score.empty:
             raise ValueError(f"model selection: no finished score run over traces.tasks={list(trace_tasks)}")
     score = _latest(score, "score", notes)
@@ -176,15 +169,16 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
             raise ValueError(f"model selection: the latest evaluate runs of the models use different evaluate.limit "
                              f"values {counts} (limit: models); truths over different items are not comparable. "
                              "Set analysis.evaluate_limit to one of them")
-        prefix, suffix = "metrics.eval/", f"/{truth_metric}"
-        cols = [c for c in ev.columns if c.startswith(prefix) and c.endswith(suffix)
-                and c != f"{prefix}mean{suffix}"]
+        task_of = {c: parsed[0] for c in ev.columns if c.startswith("metrics.")
+                   and (parsed := keys.parse_eval_key(c[len("metrics."):])) is not None
+                   and parsed[1] == truth_metric and parsed[0] != keys.MEAN}
+        cols = list(task_of)
         if ev.empty or not cols:
             raise ValueError(f"model selection: no finished evaluate run with metrics eval/<task>/{truth_metric}; "
                              "run proxy-eval on the population (or give analysis.truth_csv, or another "
                              "analysis.truth_metric: acc, acc_norm, logprob_per_char)")
         long = ev[["ref", *cols]].melt(id_vars="ref", var_name="metric", value_name="score").dropna()
-        long["task"] = long["metric"].str[len(prefix):-len(suffix)]
+        long["task"] = long["metric"].map(task_of)
         names = score.set_index("ref")["model"]
         unscored = sorted(set(long["ref"]) - set(names.index))
         if unscored:
@@ -206,11 +200,12 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
 
     mapping = resolve_task_map(tasks, trace_tasks, task_map)
     rows = []
+    parsed = {c: keys.parse_proxy_key(c[len("metrics."):]) for c in score.columns if c.startswith("metrics.")}
     for down, trace in mapping.items():
-        prefix = "metrics.proxy/" if trace == OVERALL else f"metrics.proxy_task/{trace}/"
-        cols = [c for c in score.columns if c.startswith(prefix) and c.count("/") == prefix.count("/") + 1]
-        part = score[["model", *cols]].melt(id_vars="model", var_name="proxy", value_name="value")
-        part["proxy"] = part["proxy"].str[len(prefix):]
+        want = None if trace == OVERALL else trace
+        names = {c: p[1] for c, p in parsed.items() if p is not None and p[0] == want}
+        part = score[["model", *names]].melt(id_vars="model", var_name="proxy", value_name="value")
+        part["proxy"] = part["proxy"].map(names)
         rows.append(part.assign(task=down))
     proxies = pd.concat(rows, ignore_index=True)[PROXY_COLUMNS].dropna(subset=["value"])
     # a proxy that is NaN for some model (e.g. a weighting with zero mass) cannot rank the population
@@ -226,7 +221,7 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
     models = pd.DataFrame({
         "model": score["model"].to_numpy(), "ref": score["ref"].to_numpy(),
         "n_params": pd.to_numeric(_param(score, "n_params"), errors="coerce").to_numpy(),
-        "flops_train": score.get("metrics.flops/train", pd.Series(np.nan, index=score.index)).to_numpy(),
+        "flops_train": score.get("metrics." + keys.FLOPS_TRAIN, pd.Series(np.nan, index=score.index)).to_numpy(),
         "score_run": score["run_id"].to_numpy(), "evaluate_run": score["ref"].map(ev_ids).to_numpy(),
     }).sort_values("model").reset_index(drop=True)
     return Population(proxies.reset_index(drop=True), truth, models, mapping, notes)
@@ -288,8 +283,7 @@ def model_selection_report(proxies: pd.DataFrame, truth: pd.DataFrame, k: int = 
                 if vals:
                     per_split.append(np.mean(vals))
             boot[b] = np.mean(per_split) if per_split else np.nan
-        boot = boot[np.isfinite(boot)]
-        lo, hi = (np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if boot.size else (np.nan, np.nan))
+        lo, hi = percentile_interval(boot, alpha)
         chosen = cv["chosen"].value_counts()
         rows.append({"method": m.name, **summary, "ci_lo": float(lo), "ci_hi": float(hi),
                      "chosen": "; ".join(f"{c} x{n}" for c, n in chosen.items())[:200]})

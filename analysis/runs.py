@@ -1,69 +1,30 @@
-"""Read a campaign's runs back from MLflow into pandas.
+"""A campaign's runs read back from MLflow into pandas (the tag and metric names are
+:mod:`proxy_exp.tracking.keys`'s).
 
-Tag schema written by proxy_exp/tracking.py on every run (prefix ``proxy_exp.``): ``kind``
-(campaign | train | score | evaluate | analyze), ``unit_id``, ``campaign``, ``corpus``, ``size``,
-``role`` (proxy | target), ``seed`` and, on score/evaluate runs, ``train_unit`` (the training unit
-whose model was scored). Metrics: score runs ``proxy/<statistic>/<weighting>``, ``flops/score``,
-``flops/train``; evaluate runs ``eval/mean/<metric>``, ``flops/eval``, ``flops/train``; train runs
-``train/final_loss``, ``flops/train``.
+:func:`load_runs` gives every run of an experiment as ``mlflow.search_runs`` does (one row per run, columns
+``metrics.*``, ``params.*``, ``tags.*``); :func:`campaign_frame` turns that into a tidy frame of a campaign's unit
+runs, one row per (kind, corpus, size, role, seed), after checking its invariants.
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable
-from urllib.parse import urlparse
 
 import pandas as pd
 
-TAG = "tags.proxy_exp."  # the column prefix of proxy-exp's own tags (proxy_exp.tracking.TAG)
-KINDS = ("campaign", "train", "score", "evaluate", "analyze")
-UNIT_KINDS = ("train", "score", "evaluate")  # the kinds campaign_frame keeps (one per model unit)
-ROLES = ("proxy", "target")
+from proxy_exp.tracking import keys, query
+
+TAG = keys.tag_column("")  # "tags.proxy_exp.": the column prefix of proxy-exp's own tags
+KINDS = keys.RUN_KINDS
+UNIT_KINDS = keys.UNIT_KINDS  # the kinds campaign_frame keeps (one per model unit)
+ROLES = keys.ROLES
 KEY = ["kind", "corpus", "size", "seed"]  # at most one finished run per key in a campaign
 IDENTITY = ["kind", "corpus", "size", "role", "seed", "unit_id", "campaign", "train_unit", "run_id"]
 
 
-def _check_sqlite_exists(tracking_uri: str) -> None:
-    """A ``sqlite:///`` URI to a missing file would silently create an empty store: refuse."""
-    if not tracking_uri.startswith("sqlite:"):
-        return
-    path = urlparse(tracking_uri).path
-    if tracking_uri.startswith("sqlite:////"):
-        path = "/" + path.lstrip("/")
-    elif tracking_uri.startswith("sqlite:///"):
-        path = path[1:]
-    if path and path != ":memory:" and not os.path.exists(path):
-        raise FileNotFoundError(f"MLflow store {tracking_uri!r}: file {path!r} does not exist; check "
-                                "tracking.uri / paths.root (the campaign's store is <paths.root>/mlflow.db)")
-
-
 def load_runs(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
-    """All active runs of ``experiment`` as MLflow gives them: one row per run, columns ``run_id``,
-    ``status``, ..., ``metrics.*``, ``params.*``, ``tags.*`` (``mlflow.search_runs`` pandas output).
-
-    ``filter_string`` is MLflow's search filter, e.g. ``"tags.`proxy_exp.campaign` = 'mini'"``.
-    The process-wide MLflow tracking URI is restored afterwards.
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    if not tracking_uri:
-        raise ValueError("load_runs: tracking_uri is empty; pass the store's URI, e.g. "
-                         "'sqlite:////abs/path/mlflow.db' or 'http://127.0.0.1:5000'")
-    _check_sqlite_exists(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if client.get_experiment_by_name(experiment) is None:
-        known = [e.name for e in client.search_experiments()]
-        raise ValueError(f"load_runs: no experiment named {experiment!r} in {tracking_uri}; "
-                         f"experiments there: {known} (set tracking.experiment)")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        runs = mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string,
-                                  output_format="pandas")
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return runs
+    """All active runs of ``experiment`` (:func:`proxy_exp.tracking.query.runs_frame`); ``filter_string`` is
+    MLflow's search filter, e.g. ``"tags.`proxy_exp.campaign` = 'mini'"``."""
+    return query.runs_frame(tracking_uri, experiment, filter_string)
 
 
 def _seed_values(seeds: pd.Series) -> pd.Series:

@@ -36,15 +36,14 @@ from that task's proxies; no downstream score of a held-out task is ever passed 
 
 Evaluation: :func:`leave_k_tasks_out` (all C(n_tasks, k) splits, Spearman rho per held-out task,
 averaged over the split's held-out tasks), :func:`summarise_cv`, :func:`model_selection_table`.
-Uncertainty: :func:`bootstrap_ci` and its two uses :func:`bootstrap_decision_accuracy` (resampling
-seeds) and :func:`bootstrap_spearman` (resampling items).
+Uncertainty: :func:`analysis.population.model_selection_report` bootstraps the models of a population.
 """
 from __future__ import annotations
 
 import copy
 import itertools
 import warnings
-from typing import Callable, Hashable, Mapping, Optional, Sequence
+from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,7 +51,6 @@ from scipy import stats
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from analysis.decisions import decision_accuracy, rank_correlations
 from proxy_exp.config import LOWER_IS_BETTER, STATISTICS
 
 PROXY_COLUMNS = ["model", "task", "proxy", "value"]
@@ -421,69 +419,3 @@ def model_selection_table(proxies: pd.DataFrame, truth: pd.DataFrame, k: int = 3
     finally:
         np.random.set_state(state)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
-
-
-# --------------------------------------------------------------------------- bootstrap
-def bootstrap_ci(values_fn: Callable[[np.ndarray], float], n_items: int, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
-    """Percentile bootstrap over item indices: (estimate, lo, hi).
-
-    ``values_fn(idx)`` computes the statistic from the items at integer indices ``idx`` (repeats
-    allowed); the estimate is ``values_fn(arange(n_items))``, the interval the ``alpha/2`` and
-    ``1 - alpha/2`` percentiles of ``n_boot`` resamples drawn with replacement
-    (``numpy.random.default_rng(seed)``). Resamples whose statistic is NaN (e.g. a constant
-    resample for a correlation) are dropped; if none is finite a ValueError is raised. Written
-    out rather than with ``scipy.stats.bootstrap``, which has no way to drop undefined resamples.
-    """
-    if int(n_items) < 2:
-        raise ValueError(f"bootstrap_ci: n_items={n_items}; need at least 2 items to resample")
-    if not 0 < alpha < 1:
-        raise ValueError(f"bootstrap_ci: alpha={alpha} must lie in (0, 1)")
-    if int(n_boot) < 1:
-        raise ValueError(f"bootstrap_ci: n_boot={n_boot} must be >= 1")
-    estimate = float(values_fn(np.arange(int(n_items))))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, int(n_items), size=(int(n_boot), int(n_items)))
-    boot = np.array([values_fn(row) for row in idx], dtype=float)
-    boot = boot[np.isfinite(boot)]
-    if boot.size == 0:
-        raise ValueError("bootstrap_ci: the statistic is NaN on every resample; check values_fn")
-    lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return estimate, float(lo), float(hi)
-
-
-def bootstrap_decision_accuracy(pred_by_seed: pd.DataFrame, truth, pred_lower_is_better: bool,
-                                truth_lower_is_better: bool, n_boot: int = 1000, seed: int = 0,
-                                alpha: float = 0.05) -> tuple[float, float, float]:
-    """Decision accuracy of the seed-mean ranking with a CI from resampling seeds (columns of
-    ``pred_by_seed``, index = item) with replacement: (estimate, lo, hi)."""
-    if not isinstance(pred_by_seed, pd.DataFrame) or pred_by_seed.shape[1] < 2:
-        raise ValueError("bootstrap_decision_accuracy: pred_by_seed must be a DataFrame with items as "
-                         "index and at least 2 seed columns")
-    if pred_by_seed.isna().any().any():
-        raise ValueError("bootstrap_decision_accuracy: pred_by_seed holds NaN; every item needs every seed")
-    values = pred_by_seed.to_numpy(float)
-
-    def stat(idx: np.ndarray) -> float:
-        mean = pd.Series(values[:, idx].mean(axis=1), index=pred_by_seed.index)
-        return decision_accuracy(mean, truth, pred_lower_is_better, truth_lower_is_better)
-
-    return bootstrap_ci(stat, pred_by_seed.shape[1], n_boot=n_boot, seed=seed, alpha=alpha)
-
-
-def bootstrap_spearman(pred, truth, pred_lower_is_better: bool = False, truth_lower_is_better: bool = False,
-                       n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
-    """Spearman rho between ``pred`` and ``truth`` (Series or mappings keyed by item, oriented by
-    the two directions) with a CI from resampling items with replacement: (estimate, lo, hi)."""
-    both = pd.concat([pd.Series(pred, dtype=float).rename("pred"),
-                      pd.Series(truth, dtype=float).rename("truth")], axis=1, join="inner")
-    rank_correlations(both["pred"], both["truth"], pred_lower_is_better, truth_lower_is_better)  # validates
-    p = both["pred"].to_numpy(float) * (-1.0 if pred_lower_is_better else 1.0)
-    t = both["truth"].to_numpy(float) * (-1.0 if truth_lower_is_better else 1.0)
-
-    def stat(idx: np.ndarray) -> float:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", stats.ConstantInputWarning)
-            return float(stats.spearmanr(p[idx], t[idx]).statistic)
-
-    return bootstrap_ci(stat, len(p), n_boot=n_boot, seed=seed, alpha=alpha)

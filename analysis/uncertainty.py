@@ -13,26 +13,33 @@ once (numpy over a corpus x seed x trace x proxy array).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from analysis.decisions import pairwise_decision_accuracy
+
 CI_COLUMNS = ["da_lo", "da_hi", "spearman_lo", "spearman_hi"]
+
+
+def percentile_interval(samples, alpha: float = 0.05, axis: int = 0):
+    """The percentile bootstrap interval ``(alpha/2, 1 - alpha/2)`` of resampled values along ``axis``, NaN
+    resamples (e.g. a correlation on a constant resample) skipped; NaN bounds where no resample is finite."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha} must lie in (0, 1)")
+    values = np.asarray(samples, dtype=float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN bounds
+        lo, hi = np.nanpercentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=axis)
+    return lo, hi
 
 
 def _da_and_rho(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """pred [corpus, proxy] oriented (higher better), truth [corpus] oriented -> (da [proxy], rho [proxy])."""
-    i, j = np.triu_indices(pred.shape[0], k=1)
-    sp = np.sign(pred[i] - pred[j])
-    st = np.sign(truth[i] - truth[j])
-    decided = st != 0
-    if not decided.any():
-        da = np.full(pred.shape[1], np.nan)
-    else:
-        score = np.where(sp == 0, 0.5, (sp == st[:, None]).astype(float))
-        da = score[decided].mean(axis=0)
+    da = pairwise_decision_accuracy(pred, truth)
     rp = rankdata(pred, axis=0)
     rt = rankdata(truth)
     rp = rp - rp.mean(axis=0)
@@ -45,11 +52,9 @@ def _da_and_rho(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _intervals(das: list, rhos: list, alpha: float) -> dict[str, np.ndarray]:
     """The ``alpha/2`` and ``1 - alpha/2`` percentiles (NaN-skipping) of the resampled values, keys CI_COLUMNS."""
-    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    das, rhos = np.asarray(das, dtype=float), np.asarray(rhos, dtype=float)
-    with np.errstate(all="ignore"):
-        return {"da_lo": np.nanpercentile(das, lo, axis=0), "da_hi": np.nanpercentile(das, hi, axis=0),
-                "spearman_lo": np.nanpercentile(rhos, lo, axis=0), "spearman_hi": np.nanpercentile(rhos, hi, axis=0)}
+    da_lo, da_hi = percentile_interval(das, alpha)
+    rho_lo, rho_hi = percentile_interval(rhos, alpha)
+    return {"da_lo": da_lo, "da_hi": da_hi, "spearman_lo": rho_lo, "spearman_hi": rho_hi}
 
 
 def trace_seed_bootstrap(per_trace: Mapping[tuple, pd.DataFrame], proxies: Sequence[str],

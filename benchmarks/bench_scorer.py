@@ -10,7 +10,7 @@ statistics of positions ``0..L-2`` at the next token (as scoring does):
 - ``naive HF`` (the anchor of docs/performance.md): ``model(ids).logits`` in full, then the statistics
   on float32 logits (``stats.token_stats_from_logits``);
 - ``chunked torch`` (proxy-exp, ``score.kernel=torch``): final hidden states, LM head and statistics
-  ``--chunk-tokens`` rows at a time (``stats.score_hidden_states``), with the reductions run eagerly and
+  ``--chunk-tokens`` rows at a time (``lm_head.score_hidden_states``), with the reductions run eagerly and
   through torch.compile (``score.stats_backend=eager|compiled``);
 - ``fused triton`` (proxy-exp, ``score.kernel=triton``, CUDA only): one pass over the vocabulary per
   token tile (``score/fused.py``);
@@ -50,7 +50,8 @@ from measure import PeakMemory, device_description, gib, interleaved_times, matm
 from proxy_exp.config import ModelConfig  # noqa: E402
 from proxy_exp.models import build_model, count_params  # noqa: E402
 from proxy_exp.score import fused  # noqa: E402
-from proxy_exp.score.stats import final_hidden_states, lm_head_of, score_hidden_states, token_stats_from_logits  # noqa: E402
+from proxy_exp.score.lm_head import final_hidden_states, lm_head_of, score_hidden_states  # noqa: E402
+from proxy_exp.score.stats import token_stats_from_logits  # noqa: E402
 
 # Model shapes (random init): name -> builder(dtype) -> model
 SHAPES = ("tiny-llama", "smollm2-135m", "qwen2-0.5b", "qwen2-7b")

@@ -40,7 +40,7 @@ def job(root: str, model: ModelConfig, seed: int, tokens: int, seq_len: int, bat
         model=copy.deepcopy(model), tokenizer=TokenizerConfig(vocab_size=4096, sample_bytes_per_corpus=500_000),
         corpus=CorpusConfig(name="wikipedia", source="wikipedia", max_bytes=8_000_000),
         pretrain=PretrainConfig(max_tokens=tokens, seq_len=seq_len, global_batch=batch, micro_batch=batch,
-                                checkpoint_every=0, log_every=50, num_threads=1,
+                                checkpoint_every=0, num_threads=1,
                                 gpus_per_node=1 if device == "cuda" else 0),
         seed=seed, paths=PathsConfig(root=root), tracking=TrackingConfig(experiment="bench-small-models"))
 

@@ -35,7 +35,8 @@ from measure import PeakMemory, device_description, gib, matmul_peak_tflops, pri
 from proxy_exp.config import ModelConfig, PretrainConfig  # noqa: E402
 from proxy_exp.distributed import dist_env, init_deepspeed_distributed  # noqa: E402
 from proxy_exp.models import build_model, count_params  # noqa: E402
-from proxy_exp.train.loop import flops_per_token, lr_lambda  # noqa: E402
+from proxy_exp.compute import train_flops_per_token as flops_per_token  # noqa: E402
+from proxy_exp.train.plan import lr_lambda  # noqa: E402
 
 # name -> ModelConfig; CPU: conf/model/xs.yaml and s.yaml; CUDA: the 124M shapes of shared/probes/gpu_train_probe.py
 MODELS: dict[str, ModelConfig] = {

@@ -8,18 +8,10 @@ from typing import Any, Callable, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from proxy_exp.config import register_configs
+from proxy_exp.environment import offline_env
 
 T = TypeVar("T")
 CONF_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
-
-
-def offline_env() -> None:
-    """No hub: every transformers / datasets call reads local paths only."""
-    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(k, "1")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def to_job(cfg: DictConfig, cls: type[T]) -> T:

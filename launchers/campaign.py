@@ -17,9 +17,11 @@ import hydra
 from omegaconf import DictConfig
 
 from launchers.app import CONF_DIR, run_app, to_job
-from launchers.plan import Unit, plan_campaign
-from proxy_exp import tracking, units
-from proxy_exp.config import CampaignJobConfig, TrainJobConfig, flat_params, resolve_root
+from launchers.plan import plan_campaign
+from proxy_exp import units
+from proxy_exp.config import CampaignAction, CampaignJobConfig, ExecutorKind, TrainJobConfig, resolve_root
+from proxy_exp.tracking import Run, ensure_experiment, keys, tracking_uri
+from proxy_exp.units import Unit
 
 
 def campaign_key(plan: list[Unit]) -> str:
@@ -34,12 +36,11 @@ def done_units(cfg: CampaignJobConfig, plan: list[Unit]) -> set[str]:
     """Units with a completion marker on disk (a finished MLflow run alone is not enough for a train unit,
     whose model folder later units read)."""
     root = resolve_root(cfg.paths)
-    done = {u.id for u in plan if (r := units.read_done(root, u.id)) is not None and not r.get("stopped")}
-    return done
+    return {u.id for u in plan if units.read_done(root, u.id) is not None}
 
 
 def _train_plan_rows(cfg: CampaignJobConfig, plan: list[Unit]) -> list[dict]:
-    from proxy_exp.train.loop import plan_training
+    from proxy_exp.train.plan import plan_training
 
     rows = []
     for u in plan:
@@ -87,7 +88,7 @@ def prepare_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     """Build the shared tokenizer and pack every corpus once here, so parallel jobs only read caches."""
     from proxy_exp.data.packing import pack_corpus
     from proxy_exp.data.tokenizer import build_tokenizer
-    from proxy_exp.train.loop import plan_training
+    from proxy_exp.train.plan import plan_training
 
     root = resolve_root(cfg.paths)
     cache = os.path.join(root, "cache")
@@ -97,17 +98,17 @@ def prepare_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
             continue
         tc: TrainJobConfig = u.config
         tp = plan_training(tc, len(tok))
-        pack_corpus(tc.corpus, tok, tok_dir, tc.pretrain.seq_len, cache, max_tokens=tp.tokens + tc.pretrain.seq_len,
+        pack_corpus(tc.corpus, tok, tok_dir, tc.pretrain.seq_len, cache, max_tokens=tp.pack_tokens(tc.pretrain.seq_len),
                     progress=True)
 
 
-def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> tracking.Run:
+def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> Run:
     os.makedirs(cdir, exist_ok=True)
     root = resolve_root(cfg.paths)
     id_file = os.path.join(cdir, "parent_run_id")
     prev = open(id_file).read().strip() if os.path.exists(id_file) else ""
-    tags = tracking.unit_tags("campaign", f"campaign-{campaign_key(plan)}", cfg.campaign.name)
-    run = tracking.Run(cfg.tracking, root, f"campaign {cfg.campaign.name}", tags, run_id=prev)
+    tags = keys.unit_tags("campaign", f"campaign-{campaign_key(plan)}", cfg.campaign.name)
+    run = Run(cfg.tracking, root, f"campaign {cfg.campaign.name}", tags, run_id=prev)
     with open(id_file, "w") as f:
         f.write(run.run_id)
     plan_file = os.path.join(cdir, "units.json")
@@ -116,9 +117,9 @@ def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> tracking
                     "depends_on": u.depends_on} for u in plan], f, indent=2)
     run.log_params({"campaign.name": cfg.campaign.name, "campaign.corpora": ",".join(cfg.campaign.corpora),
                     "campaign.proxy_sizes": ",".join(cfg.campaign.proxy_sizes),
-                    "campaign.target_size": cfg.campaign.target_size, "campaign.seeds": str(cfg.campaign.seeds),
-                    "units": len(plan)} | flat_params(cfg.traces, "traces") | flat_params(cfg.evaluate, "evaluate")
-                   | flat_params(cfg.pretrain, "pretrain"))
+                    "campaign.target_size": cfg.campaign.target_size, "campaign.seeds": list(cfg.campaign.seeds),
+                    "units": len(plan)} | keys.flat_params(cfg.traces, "traces")
+                   | keys.flat_params(cfg.evaluate, "evaluate") | keys.flat_params(cfg.pretrain, "pretrain"))
     run.log_artifact(plan_file, "plan")
     return run
 
@@ -131,7 +132,7 @@ def submit_campaign(cfg: CampaignJobConfig) -> dict[str, dict]:
     plan = plan_campaign(cfg)
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
-    tracking.ensure_experiment(cfg.tracking, root)
+    ensure_experiment(cfg.tracking, root)
     states = unit_states(plan, root, cdir)
     to_submit = {s.unit.id for s in states if needs_submission(s)}
     running = {s.unit.id: s.job_id for s in states if s.state in ("pending", "running", "preempted")}
@@ -156,7 +157,7 @@ def submit_campaign(cfg: CampaignJobConfig) -> dict[str, dict]:
 
 def collect_campaign(cfg: CampaignJobConfig):
     """Analyse a campaign whose units ran elsewhere (Slurm): everything is read back from MLflow."""
-    from launchers.analyze import analyze_campaign
+    from analysis.reports import analyze_campaign
 
     plan = plan_campaign(cfg)
     counts = print_status(cfg, plan)
@@ -177,14 +178,14 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
     """Run (or resume) a campaign; returns (outcome, report)."""
     from tqdm.auto import tqdm
 
-    from launchers.analyze import analyze_campaign
+    from analysis.reports import analyze_campaign
     from launchers.submit import run_units
 
     t0 = time.time()
     plan = plan_campaign(cfg)
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
-    tracking.ensure_experiment(cfg.tracking, root)  # create the store once, before jobs fan out
+    ensure_experiment(cfg.tracking, root)  # create the store once, before jobs fan out
     done = done_units(cfg, plan)
     print(f"campaign {cfg.campaign.name}: {len(plan)} units, {len(done)} already done, "
           f"{len(plan) - len(done)} to run ({cfg.executor.kind} executor, {cfg.executor.max_parallel} at once)")
@@ -204,8 +205,8 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
     outcome = run_units(plan, done, cfg.executor, os.path.join(cdir, "submitit", time.strftime("%Y%m%d-%H%M%S")),
                         on_event)
     bar.close()
-    parent.log_metrics({"campaign/units_failed": len(outcome.failed), "campaign/units_run": len(outcome.done),
-                        "campaign/seconds": time.time() - t0})
+    parent.log_metrics({keys.CAMPAIGN_UNITS_FAILED: len(outcome.failed), keys.CAMPAIGN_UNITS_RUN: len(outcome.done),
+                        keys.CAMPAIGN_SECONDS: time.time() - t0})
     report = None
     if not outcome.failed and not outcome.skipped:
         report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis,
@@ -220,26 +221,24 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
         print(f"\n{len(outcome.failed)} unit(s) failed; rerun the same command to retry only those:")
         for uid, err in outcome.failed.items():
             print(f"  {uid}: {err}")
-    print(f"\ncampaign wall time {time.time() - t0:.1f} s; MLflow store: {tracking.tracking_uri(cfg.tracking, root)}"
-          f"  (view: mlflow ui --backend-store-uri {tracking.tracking_uri(cfg.tracking, root)})")
+    print(f"\ncampaign wall time {time.time() - t0:.1f} s; MLflow store: {tracking_uri(cfg.tracking, root)}"
+          f"  (view: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking, root)})")
     return outcome, report
 
 
 def _main(cfg: DictConfig) -> int:
     job = to_job(cfg, CampaignJobConfig)
     plan = plan_campaign(job)
-    if job.dry_run or job.action == "plan":
+    if job.dry_run or job.action == CampaignAction.plan:
         print_plan(job, plan)
         return 0
-    if job.action == "status":
+    if job.action == CampaignAction.status:
         print_status(job, plan)
         return 0
-    if job.action == "collect":
+    if job.action == CampaignAction.collect:
         collect_campaign(job)
         return 0
-    if job.action != "run":
-        raise ValueError(f"action={job.action!r}: use run, plan, status or collect")
-    if job.executor.kind == "slurm":
+    if job.executor.kind == ExecutorKind.slurm:
         submit_campaign(job)  # returns at once
         return 0
     outcome, report = run_campaign(job)

@@ -7,16 +7,16 @@ import hydra
 from omegaconf import DictConfig
 
 from launchers.app import CONF_DIR, run_app, to_job
-from proxy_exp.config import EvalJobConfig
+from proxy_exp.config import EvaluateJobConfig
 
 
 def _main(cfg: DictConfig) -> float:
-    job = to_job(cfg, EvalJobConfig)
+    job = to_job(cfg, EvaluateJobConfig)
     if job.dry_run:
         print(json.dumps({"model": job.model.path, "tasks": job.evaluate.tasks, "limit": job.evaluate.limit},
                          indent=2))
         return 0.0
-    from proxy_exp.jobs import evaluate
+    from proxy_exp.evaluate.job import evaluate
 
     r = evaluate(job)
     print(f"evaluate {r.unit_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.mean.items())

@@ -4,30 +4,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import OmegaConf
 
 from proxy_exp import units
-from proxy_exp.config import (CampaignJobConfig, EvalJobConfig, InLoopConfig, PretrainConfig, ScoreJobConfig,
-                              TrainJobConfig, resolve_root)
-
-
-@dataclass
-class Unit:
-    id: str
-    kind: str  # train | score | evaluate
-    role: str  # proxy | target
-    corpus: str
-    size: str
-    seed: int
-    config: Any  # TrainJobConfig | ScoreJobConfig | EvalJobConfig
-    depends_on: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind:8s} {self.role:6s} {self.corpus:12s} {self.size:4s} seed {self.seed}"
+from proxy_exp.config import (Arch, CampaignJobConfig, EvaluateJobConfig, InLoopConfig, PretrainConfig,
+                              ScoreJobConfig, TrainJobConfig, resolve_root)
+from proxy_exp.units import Unit
 
 
 def _pretrain_for(cfg: CampaignJobConfig, role: str) -> PretrainConfig:
@@ -62,11 +45,11 @@ def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
                                           tcfg.pretrain, seed)
                 tcfg.unit_id = tid
                 tcfg.tags = {"role": role, "name": f"train {corpus_name} {size} s{seed}"}
-                if role == "proxy" and c.checkpoint_every > 0:
-                    tcfg.in_loop = InLoopConfig(score_every=c.checkpoint_every, traces=copy.deepcopy(cfg.traces),
+                if role == "proxy" and c.in_loop_score_every > 0:
+                    tcfg.in_loop = InLoopConfig(score_every=c.in_loop_score_every, traces=copy.deepcopy(cfg.traces),
                                                 score=copy.deepcopy(cfg.score))
                 plan.append(Unit(tid, "train", role, corpus_name, size, seed, tcfg))
-                model_cfg = dataclasses.replace(tcfg.model, arch="pretrained",
+                model_cfg = dataclasses.replace(tcfg.model, arch=Arch.pretrained,
                                                 path=os.path.join(units.unit_dir(root, tid), "model"))
                 tags = {"corpus": corpus_name, "size": size, "role": role, "seed": str(seed), "train_unit": tid}
                 if role == "proxy" or c.score_targets:
@@ -77,12 +60,8 @@ def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
                     plan.append(Unit(sid, "score", role, corpus_name, size, seed, scfg, [tid]))
                 if role == "target" or c.evaluate_proxies:
                     eid = units.eval_unit_id(tid, cfg.evaluate)
-                    ecfg = EvalJobConfig(model=model_cfg, evaluate=cfg.evaluate, tracking=cfg.tracking,
+                    ecfg = EvaluateJobConfig(model=model_cfg, evaluate=cfg.evaluate, tracking=cfg.tracking,
                                          paths=cfg.paths, unit_id=eid, campaign=c.name,
                                          tags=tags | {"name": f"evaluate {corpus_name} {size} s{seed}"})
                     plan.append(Unit(eid, "evaluate", role, corpus_name, size, seed, ecfg, [tid]))
     return plan
-
-
-def unit_ids(plan: list[Unit]) -> list[str]:
-    return [u.id for u in plan]

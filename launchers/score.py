@@ -20,7 +20,7 @@ def _main(cfg: DictConfig) -> float:
                           "tasks": sorted({t["task"] for t in traces}), "window": job.score.window,
                           "solution_chars": sum(len(t["solution"]) for t in traces)}, indent=2))
         return 0.0
-    from proxy_exp.jobs import score
+    from proxy_exp.score.job import score
 
     r = score(job)
     print(f"score {r.unit_id}: {r.n_traces} traces, {r.tokens_scored:,} tokens scored, {r.flops:.3g} FLOPs")

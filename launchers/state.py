@@ -10,8 +10,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from launchers.plan import Unit
 from proxy_exp import units
+from proxy_exp.units import Unit
 
 JOBS_FILE = "slurm_jobs.json"
 
@@ -46,7 +46,7 @@ def load_jobs(campaign_dir: str) -> dict[str, dict]:
 def save_jobs(campaign_dir: str, jobs: dict[str, dict]) -> None:
     os.makedirs(campaign_dir, exist_ok=True)
     path = os.path.join(campaign_dir, JOBS_FILE)
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(jobs, f, indent=2)
     os.replace(tmp, path)
@@ -69,7 +69,7 @@ def unit_states(plan: list[Unit], root: str, campaign_dir: str) -> list[UnitStat
     for u in plan:
         done = units.read_done(root, u.id)
         rec = jobs.get(u.id)
-        if done is not None and not done.get("stopped"):
+        if done is not None:
             out.append(UnitState(u, "done", rec["job_id"] if rec else "", rec.get("stdout", "") if rec else ""))
             continue
         if rec is None:

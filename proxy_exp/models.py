@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from proxy_exp.config import ModelConfig
+from proxy_exp.config import Arch, ModelConfig
+
+# The record the train job leaves in a model folder beside the weights: unit id, parameter counts, train_flops, ...
+MODEL_RECORD = "proxy_exp.json"
 
 
 @dataclass
@@ -18,7 +21,7 @@ class ParamCounts:
 def _d_ff(cfg: ModelConfig) -> int:
     if cfg.d_ff:
         return cfg.d_ff
-    if cfg.arch == "gpt2":
+    if cfg.arch == Arch.gpt2:
         return 4 * cfg.d_model
     return max(32, int(round(8 * cfg.d_model / 3 / 32)) * 32)
 
@@ -27,7 +30,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_i
     """The transformers config of an architecture from ModelConfig."""
     if cfg.d_model % cfg.n_heads:
         raise ValueError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
-    if cfg.arch == "llama":
+    if cfg.arch == Arch.llama:
         from transformers import LlamaConfig
 
         if cfg.n_heads % cfg.n_kv_heads:
@@ -38,7 +41,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_i
             max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=True,
             bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
         )
-    if cfg.arch == "gpt2":
+    if cfg.arch == Arch.gpt2:
         from transformers import GPT2Config
 
         return GPT2Config(
@@ -146,6 +149,20 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> ModelConfig:
         mod.assemble(tmp, overwrite=True)
         os.replace(tmp, target)
     return dataclasses.replace(cfg, path=out_dir)
+
+
+def train_flops_of(model_path: str | None, configured: float = 0.0) -> float:
+    """The compute that produced a model: ``configured`` when set (a campaign knows it), else the record the train
+    job left beside the weights (:data:`MODEL_RECORD`), else 0 (a model trained elsewhere)."""
+    if configured:
+        return float(configured)
+    meta = os.path.join(str(model_path), MODEL_RECORD)
+    if os.path.exists(meta):
+        import json
+
+        with open(meta) as f:
+            return float(json.load(f).get("train_flops", 0.0))
+    return 0.0
 
 
 def load_model(cfg: ModelConfig, path: str | None = None):

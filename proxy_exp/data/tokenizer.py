@@ -19,7 +19,7 @@ import uuid
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from proxy_exp.config import CorpusConfig, TokenizerConfig
+from proxy_exp.config import CorpusConfig, TokenizerConfig, TokenizerKind
 from proxy_exp.data.corpora import read_documents
 
 EOS_TOKEN = "<|endoftext|>"
@@ -119,9 +119,9 @@ def build_tokenizer(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig],
     kind="bpe": train (or load from ``<cache_dir>/tokenizers/<hash>``) a byte-level BPE on the first
     ``cfg.sample_bytes_per_corpus`` bytes of each corpus in ``corpora``. kind="pretrained": load ``cfg.path``.
     """
-    if cfg.kind == "pretrained":
+    if cfg.kind == TokenizerKind.pretrained:
         return _pretrained(cfg, cache_dir)
-    if cfg.kind != "bpe":
+    if cfg.kind != TokenizerKind.bpe:
         raise ValueError(f"unknown tokenizer.kind {cfg.kind!r}; valid kinds: bpe, pretrained")
     if not corpora:
         raise ValueError("a bpe tokenizer needs at least one corpus to train on (tokenizer_corpora is empty)")

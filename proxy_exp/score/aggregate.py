@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from proxy_exp.config import STATISTICS, WEIGHTINGS, ScoreConfig, proxy_key
+from proxy_exp.config import STATISTICS, WEIGHTINGS, ScoreConfig
+from proxy_exp.tracking.keys import proxy_key
 
 # Columns of the per-token table that the weightings and the aggregation read.
 REQUIRED_COLUMNS: tuple[str, ...] = ("trace_id", "task", "token_id", "p_expert") + STATISTICS

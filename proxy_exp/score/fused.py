@@ -30,7 +30,7 @@ bfloat16 or float16; products accumulate in float32; with ``round_logits=True`` 
 logit is rounded to the input dtype exactly as ``F.linear`` in that dtype returns it (bfloat16 rounding
 to nearest even, done with integer bit operations, identical on GPU and in the interpreter), and the
 final-logit soft-capping of Gemma 2/3 (``cap * tanh(l / cap)``) is applied with the same intermediate
-roundings as ``stats.lm_head_of``. Float32 inputs use IEEE float32 products (not TF32).
+roundings as ``lm_head.lm_head_of``. Float32 inputs use IEEE float32 products (not TF32).
 
 Memory: the output and the per-split partials, ``O(T x vocab_splits)`` floats; no ``[T, V]`` buffer.
 

@@ -9,23 +9,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from proxy_exp.config import ScoreConfig
-from proxy_exp.score.stats import (
-    COMPILE_MIN_LOGITS,
+from proxy_exp.config import Packing, ScoreConfig, StatsBackend
+from proxy_exp.score.lm_head import (
     KERNELS,
-    STAT_KEYS,
-    PACKINGS,
-    STATS_BACKENDS,
-    VARLEN_ATTENTION,
-    attention_implementation,
+    text_config,
     check_lm_head,
-    check_packed_forward,
     final_hidden_states,
-    is_oom,
     lm_head_of,
     max_positions,
     score_hidden_states,
 )
+from proxy_exp.score.stats import COMPILE_MIN_LOGITS, STAT_KEYS, STATS_BACKENDS, is_oom
 
 TRACE_FIELDS: tuple[str, ...] = ("id", "task", "prompt", "solution")
 # Column order of ScoreOutput.tokens.
@@ -59,6 +53,35 @@ class _Sequence:
     ids: list[int]
     targets: np.ndarray  # positions in ids of the scored tokens (each >= 1)
     positions: np.ndarray  # the same tokens' indices within the solution
+
+
+# score.packing
+PACKINGS: tuple[str, ...] = tuple(Packing)
+# attention implementations that run packed sequences as variable-length attention (no L_total^2 work)
+VARLEN_ATTENTION: tuple[str, ...] = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def attention_implementation(model) -> str:
+    return str(getattr(text_config(model), "_attn_implementation", None) or getattr(model.config, "_attn_implementation", ""))
+
+
+def check_packed_forward(model, first: list[int], second: list[int]) -> None:
+    """Raise ValueError unless packing ``first`` and ``second`` into one row (position ids restarting at 0, no
+    attention mask) gives the hidden states each has alone: the architecture must honour packed position ids."""
+    a, b = torch.tensor(first)[None], torch.tensor(second)[None]
+    device = next(model.parameters()).device
+    alone = torch.cat([final_hidden_states(model, a.to(device)), final_hidden_states(model, b.to(device))], dim=1)
+    ids = torch.cat([a, b], dim=1).to(device)
+    pos = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])])[None].to(device)
+    packed = final_hidden_states(model, ids, None, position_ids=pos)
+    scale = alone.abs().max().item()
+    diff = (packed.float() - alone.float()).abs().max().item()
+    if not diff <= 1e-2 * scale + 1e-5:
+        raise ValueError(
+            f"score.packing=packed: {type(model).__name__} (attention {attention_implementation(model)!r}) does not "
+            f"keep packed sequences apart (max abs difference {diff:.3g} at scale {scale:.3g} against scoring each "
+            "alone): set score.packing=padded (or auto)"
+        )
 
 
 def _check_traces(traces: list[dict]) -> None:
@@ -139,7 +162,7 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     never scored. With ``cfg.batch_size > 1`` traces are batched longest first with right padding; with
     ``cfg.auto_batch`` a batch that runs out of memory is retried at half the size (down to 1).
     The LM head is applied ``cfg.chunk_tokens`` rows at a time, or, per ``cfg.kernel``, fused with the
-    statistics in one Triton kernel on CUDA (:func:`~proxy_exp.score.stats.score_hidden_states`).
+    statistics in one Triton kernel on CUDA (:func:`~proxy_exp.score.lm_head.score_hidden_states`).
     The model is put in eval mode for the call and restored afterwards.
     """
     if cfg.window < 0:
@@ -167,9 +190,10 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     if cfg.batch_size > 1:
         order.sort(key=lambda i: -len(sequences[i].ids))
     n_logits = sum(len(s.targets) for s in sequences) * n_vocab
-    packed = cfg.packing == "packed" or (cfg.packing == "auto" and attention_implementation(model) in VARLEN_ATTENTION)
-    compiled = cfg.stats_backend == "compiled" or (
-        cfg.stats_backend == "auto" and device.type == "cpu" and n_logits >= COMPILE_MIN_LOGITS)
+    packed = cfg.packing == Packing.packed or (
+        cfg.packing == Packing.auto and attention_implementation(model) in VARLEN_ATTENTION)
+    compiled = cfg.stats_backend == StatsBackend.compiled or (
+        cfg.stats_backend == StatsBackend.auto and device.type == "cpu" and n_logits >= COMPILE_MIN_LOGITS)
 
     was_training = model.training
     model.eval()

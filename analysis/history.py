@@ -1,0 +1,62 @@
+"""Step histories read back from MLflow: a campaign's in-loop proxies and one training run's in-loop metrics."""
+from __future__ import annotations
+
+import pandas as pd
+
+from proxy_exp.config import STATISTICS, WEIGHTINGS
+from proxy_exp.tracking import keys, query
+
+PROXY_KEYS = [keys.proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
+
+
+def checkpoint_frame(uri: str, frame: pd.DataFrame) -> pd.DataFrame | None:
+    """In-loop proxies of a campaign's proxy training runs (``campaign.in_loop_score_every``), one row per run and
+    step: corpus, size, seed, step, fraction (of the run's last step) and the 80 ``proxy/<s>/<w>`` values; None
+    when no proxy training run logged them. ``frame`` is :func:`analysis.runs.campaign_frame`'s output."""
+    trains = frame[(frame["kind"] == "train") & (frame["role"] == "proxy")]
+    if trains.empty or PROXY_KEYS[0] not in trains.columns:
+        return None
+    out = []
+    for r in trains[trains[PROXY_KEYS[0]].notna()].itertuples():
+        last = max((step for step, _ in query.metric_history(uri, r.run_id, keys.TRAIN_LOSS)), default=0)
+        if not last:
+            continue
+        per_step: dict[int, dict] = {}
+        for key in PROXY_KEYS:
+            for step, value in query.metric_history(uri, r.run_id, key):
+                per_step.setdefault(step, {})[key] = value
+        for step, vals in per_step.items():
+            out.append({"corpus": r.corpus, "size": r.size, "seed": r.seed, "step": step, "fraction": step / last,
+                        **vals})
+    return pd.DataFrame(out) if out else None
+
+
+def _series(uri: str, run_id: str, key: str, column: str) -> pd.DataFrame:
+    hist = query.metric_history(uri, run_id, key)
+    return (pd.DataFrame({"step": [s for s, _ in hist], column: [v for _, v in hist]})
+            .drop_duplicates("step", keep="last"))
+
+
+def latest_run_with(uri: str, experiment: str, wanted: list[str]) -> str:
+    """The newest train run that logs every metric in ``wanted``."""
+    for run in query.find_runs(uri, experiment, keys.tag_filter(keys.KIND, "train")):
+        if all(k in run.data.metrics for k in wanted):
+            return run.info.run_id
+    raise ValueError(f"no train run in experiment {experiment!r} logs {sorted(wanted)}: train with "
+                     "in_loop.score_every=N in_loop.eval_every=N (same N), or set analysis.train_run_id")
+
+
+def train_history(uri: str, run_id: str, columns: dict[str, str]) -> pd.DataFrame:
+    """One run's step history: ``step``, then one column per ``columns`` item (column name -> metric key), inner-
+    joined on step, plus ``train_loss`` where the run logs ``train/loss``; sorted by step."""
+    frames = []
+    for column, key in columns.items():
+        part = _series(uri, run_id, key, column)
+        if part.empty:
+            raise ValueError(f"run {run_id} has no metric {key!r}; check analysis.primary_proxy / "
+                             "analysis.accuracy_metric and the run's in_loop settings")
+        frames.append(part.set_index("step"))
+    hist = pd.concat(frames, axis=1, join="inner").reset_index()
+    if keys.TRAIN_LOSS in query.latest_metrics(uri, run_id):
+        hist = hist.merge(_series(uri, run_id, keys.TRAIN_LOSS, "train_loss"), on="step", how="left")
+    return hist.sort_values("step").reset_index(drop=True)

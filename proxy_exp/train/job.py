@@ -1,0 +1,164 @@
+"""The train job: pretrain one model on one corpus through DeepSpeed (``proxy-train``, a campaign's training unit).
+
+``train(cfg) -> TrainResult`` reads top to bottom: data (the shared tokenizer, the packed corpus), the engine,
+resume from the unit's latest complete checkpoint, tracking (rank 0; a resumed unit continues its own MLflow run),
+the step loop, and the saved model (an HF folder with its tokenizer). A unit is done only when its completion
+marker exists; a run stopped early (``stop_after_steps`` or a preemption outside Slurm) writes none and resumes
+when called again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import torch
+
+from proxy_exp import units
+from proxy_exp.compute import train_flops_per_token
+from proxy_exp.config import TrainJobConfig, resolve_root
+from proxy_exp.distributed import DistEnv, dist_env, init_deepspeed_distributed
+from proxy_exp.models import MODEL_RECORD
+from proxy_exp.tracking import Run, keys
+from proxy_exp.train.checkpoint import resume
+from proxy_exp.train.in_loop import InLoopMetrics
+from proxy_exp.train.loop import build_engine, param_record, run_steps
+from proxy_exp.train.plan import TrainPlan, plan_training
+from proxy_exp.train.preemption import requeue_and_wait, slurm_job_id
+
+
+@dataclass
+class TrainResult:
+    unit_id: str
+    model_dir: str
+    final_loss: float
+    tokens: int
+    steps: int
+    flops: float
+    n_params: int
+    n_params_non_embedding: int
+    run_id: str
+    seconds: float
+    stopped: bool = False  # True when the run stopped early (stop_after_steps) and must be resumed
+
+
+def default_unit_id(cfg: TrainJobConfig) -> str:
+    return cfg.unit_id or units.train_unit_id(cfg.model, cfg.tokenizer, cfg.tokenizer_corpora, cfg.corpus,
+                                              cfg.pretrain, cfg.seed)
+
+
+def _prepare_data(cfg: TrainJobConfig, env: DistEnv, cache: str, progress: bool):
+    """The shared tokenizer, the plan and the packed corpus: rank 0 builds them, the other ranks read its caches."""
+    import torch.distributed as tdist
+
+    from proxy_exp.data.packing import pack_corpus
+    from proxy_exp.data.tokenizer import build_tokenizer
+
+    tok_corpora = dict(cfg.tokenizer_corpora) or {cfg.corpus.name: cfg.corpus}
+    if not env.is_main:
+        tdist.barrier()
+    tokenizer, tok_dir = build_tokenizer(cfg.tokenizer, tok_corpora, cache)
+    plan = plan_training(cfg, len(tokenizer), env.world_size)
+    packed = pack_corpus(cfg.corpus, tokenizer, tok_dir, cfg.pretrain.seq_len, cache,
+                         max_tokens=plan.pack_tokens(cfg.pretrain.seq_len), progress=progress and env.is_main)
+    if env.is_main:
+        tdist.barrier()
+    return tokenizer, plan, packed
+
+
+def _open_run(cfg: TrainJobConfig, root: str, udir: str, unit_id: str, resumed: bool, counts, plan: TrainPlan,
+              env: DistEnv, packed) -> Run:
+    """The unit's MLflow run: a new one, or (when resuming) the one its first attempt opened."""
+    run_id_file = os.path.join(udir, "mlflow_run_id")
+    prev = open(run_id_file).read().strip() if os.path.exists(run_id_file) and resumed else ""
+    extra = {keys.CORPUS: cfg.corpus.name, keys.SIZE: cfg.model.name, keys.SEED: cfg.seed, keys.ROLE: "proxy"} | cfg.tags
+    name = extra.pop("name", f"train {cfg.corpus.name} {cfg.model.name} s{cfg.seed}")
+    run = Run(cfg.tracking, root, name, keys.unit_tags("train", unit_id, cfg.campaign, **extra), cfg.parent_run_id,
+              run_id=prev, skip_logged_steps=True)
+    with open(run_id_file, "w") as f:
+        f.write(run.run_id)
+    run.log_params(keys.flat_params(cfg.model, "model") | keys.flat_params(cfg.pretrain, "pretrain")
+                   | keys.flat_params(cfg.corpus, "corpus") | keys.flat_params(cfg.tokenizer, "tokenizer")
+                   | {"seed": cfg.seed, **param_record(counts), "steps": plan.steps, "tokens": plan.tokens,
+                      "world_size": env.world_size, "unit_dir": udir, "packed_sequences": packed.num_sequences})
+    return run
+
+
+def _save_model(engine, tokenizer, model_dir: str, record: dict) -> None:
+    """The trained model as an HF folder with its tokenizer and :data:`MODEL_RECORD` (tmp name, then rename)."""
+    tmp = model_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    engine.module.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, MODEL_RECORD), "w") as f:
+        json.dump(record, f, indent=2)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+
+
+def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
+    """Pretrain one model on one corpus; resumes from the unit's latest complete checkpoint."""
+    t0 = time.time()
+    root = resolve_root(cfg.paths)
+    unit_id = default_unit_id(cfg)
+    done = units.read_done(root, unit_id)
+    if done is not None:
+        return TrainResult(**done)
+    udir = units.unit_dir(root, unit_id)
+    os.makedirs(udir, exist_ok=True)
+    ckpt_root = os.path.join(udir, "checkpoints")
+    cache = os.path.join(root, "cache")
+    p = cfg.pretrain
+    torch.set_num_threads(max(1, p.num_threads))
+
+    env = dist_env()
+    use_cuda = torch.cuda.is_available() and p.gpus_per_node != 0
+    init_deepspeed_distributed("nccl" if use_cuda else "gloo")
+    import torch.distributed as tdist
+
+    tokenizer, plan, packed = _prepare_data(cfg, env, cache, progress)
+    device = torch.device(f"cuda:{env.local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    engine, scheduler, counts = build_engine(cfg, plan, tokenizer, device)
+    start_step = resume(engine, ckpt_root)
+    run = _open_run(cfg, root, udir, unit_id, start_step > 0, counts, plan, env, packed) if env.is_main else None
+    in_loop = InLoopMetrics(cfg, tokenizer, cache, plan.steps) if env.is_main and InLoopMetrics.wanted(cfg) else None
+    fpt = train_flops_per_token(counts.non_embedding, cfg.model.n_layers, cfg.model.d_model, p.seq_len)
+    outcome = run_steps(engine, scheduler, packed, plan, cfg, env, device, start_step, ckpt_root, fpt, run, in_loop,
+                        progress)
+
+    if outcome.preempted_at:
+        job = slurm_job_id()
+        if run is not None:
+            run.set_tags({keys.tag(keys.PREEMPTED_AT_STEP): outcome.preempted_at})
+            run.flush()
+        if job and env.is_main:
+            requeue_and_wait(job)
+        elif job:
+            time.sleep(300)  # the requeue issued by rank 0 stops every rank
+        # not under Slurm: stop here; rerunning resumes from the checkpoint
+    stopped = outcome.stop_at < plan.steps
+    model_dir = os.path.join(udir, "model")
+    flops = outcome.stop_at * plan.tokens_per_step * fpt
+    if not stopped and env.is_main:
+        _save_model(engine, tokenizer, model_dir, {"unit_id": unit_id, **param_record(counts), "train_flops": plan.flops,
+                                                   "tokens": plan.tokens, "corpus": cfg.corpus.name})
+    result = TrainResult(unit_id=unit_id, model_dir=model_dir, final_loss=outcome.last_loss,
+                         tokens=outcome.stop_at * plan.tokens_per_step, steps=outcome.stop_at, flops=flops,
+                         n_params=counts.total, n_params_non_embedding=counts.non_embedding,
+                         run_id=run.run_id if run else "", seconds=time.time() - t0, stopped=stopped)
+    if run is not None:
+        if stopped:
+            run.end("KILLED")
+        else:
+            run.log_metrics({keys.TRAIN_FINAL_LOSS: outcome.last_loss, keys.TRAIN_SECONDS: result.seconds,
+                             **param_record(counts)}, step=outcome.stop_at)
+            run.set_tags({keys.tag(keys.MODEL_DIR): model_dir})
+            run.end("FINISHED")
+            units.write_done(root, unit_id, result)
+    if env.world_size > 1:
+        tdist.barrier()
+    return result

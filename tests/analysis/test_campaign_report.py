@@ -1,0 +1,82 @@
+"""A campaign's decisions on a synthetic campaign with planted proxies (no MLflow needed), its plots, and the
+truth's spread against seed noise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.campaign_report import DIRECT_EVAL, campaign_decisions
+from analysis.plots import plot_frontier, plot_ranking
+from analysis.runs import campaign_frame
+from proxy_exp.config import STATISTICS, WEIGHTINGS
+
+from tests.helpers import (CORPORA, FLOPS_EVAL, FLOPS_SCORE, FLOPS_TRAIN_PROXY, FLOPS_TRAIN_TARGET, as_mlflow_frame,
+                           synthetic_records)
+
+
+@pytest.fixture(scope="module")
+def report():
+    frame = campaign_frame(as_mlflow_frame(synthetic_records(CORPORA, [0, 1], [0, 1])))
+    return campaign_decisions(frame)
+
+
+def test_campaign_decisions_planted(report):
+    m = report.methods.set_index(["method", "size"])
+    assert len(report.methods) == len(STATISTICS) * len(WEIGHTINGS) + 1
+    assert m.loc[("top5/freq", "xs"), "decision_accuracy"] == pytest.approx(1.0)
+    assert m.loc[("top5/freq", "xs"), "spearman"] == pytest.approx(1.0)
+    assert m.loc[("ce/uniform", "xs"), "decision_accuracy"] == pytest.approx(0.0)
+    assert m.loc[("ce/uniform", "xs"), "spearman"] == pytest.approx(-1.0)
+    assert m.loc[("ce/uniform", "xs"), "family"] == "ce"
+    # Direct eval swaps the two best corpora: 1 of 10 pairs wrong.
+    n_pairs = len(CORPORA) * (len(CORPORA) - 1) / 2
+    assert m.loc[(DIRECT_EVAL, "xs"), "decision_accuracy"] == pytest.approx((n_pairs - 1) / n_pairs)
+    assert m.loc[(DIRECT_EVAL, "xs"), "family"] == "direct_eval"
+    # Compute per corpus: both proxy seeds trained and scored, relative to one target training run.
+    seeds = 2
+    assert m.loc[("top5/freq", "xs"), "compute"] == pytest.approx(
+        seeds * (FLOPS_TRAIN_PROXY + FLOPS_SCORE) / FLOPS_TRAIN_TARGET)
+    assert m.loc[(DIRECT_EVAL, "xs"), "compute"] == pytest.approx(
+        seeds * (FLOPS_TRAIN_PROXY + FLOPS_EVAL) / FLOPS_TRAIN_TARGET)
+    # The planted proxy is the cheapest perfect method, so it is on the frontier; direct eval is not.
+    assert "top5/freq @ xs" in report.frontier["label"].tolist()
+    assert DIRECT_EVAL + " @ xs" not in report.frontier["label"].tolist()
+    t = report.table
+    assert t["corpus"].tolist() == CORPORA
+    assert t["truth_rank"].tolist() == list(range(1, len(CORPORA) + 1))
+    assert t["proxy_rank"].tolist() == t["truth_rank"].tolist()
+    assert t["ce_rank"].tolist() == t["truth_rank"].tolist()[::-1]
+    text = report.summary_text()
+    assert "primary proxy top5/freq: decision accuracy 1.000" in text
+    assert "cross-entropy ce/uniform: decision accuracy 0.000" in text
+    assert "best proxy (picked on these same corpora, so optimistic) top5/freq @ xs" in text
+
+
+def test_campaign_decisions_needs_truth():
+    frame = campaign_frame(as_mlflow_frame(synthetic_records(["c0", "c1"], [0], [0])))
+    with pytest.raises(ValueError, match="role target"):
+        campaign_decisions(frame[~((frame["kind"] == "evaluate") & (frame["role"] == "target"))])
+    with pytest.raises(ValueError, match="primary_proxy"):
+        campaign_decisions(frame, primary_proxy="top4/freq")
+
+
+def test_plots(report, tmp_path):
+    front = plot_frontier(report.methods, report.frontier, str(tmp_path / "fig" / "frontier.png"),
+                          label_col="label", title="synthetic")
+    rank = plot_ranking(report.table, str(tmp_path / "fig" / "ranking.png"))
+    for p in (front, rank):
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(x.name for x in (tmp_path / "fig").iterdir()) == ["frontier.png", "ranking.png"]
+
+
+def test_truth_spread_against_seed_noise():
+    from analysis.campaign_report import truth_spread_note
+
+    clear = pd.DataFrame({0: [1.0, 2.0, 3.0], 1: [1.1, 2.1, 3.1]}, index=["a", "b", "c"])
+    # means 1.05, 2.05, 3.05 (sd 1.0); within-corpus sd 0.0707; SE of a difference 0.0707: every pair separated
+    assert "sd 1 vs seed noise sd 0.07071 (2 target seeds); 100% of corpus pairs" in truth_spread_note(clear)
+    noisy = pd.DataFrame({0: [1.0, 1.5, 1.1], 1: [1.6, 1.0, 1.4]}, index=["a", "b", "c"])
+    assert "; 0% of corpus pairs" in truth_spread_note(noisy)
+    assert "seed noise not measured" in truth_spread_note(clear[[0]])
