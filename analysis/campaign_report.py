@@ -18,10 +18,12 @@ from analysis.decisions import decision_accuracy_seeds, rank_correlations, ranks
 from analysis.pareto import pareto_frontier
 from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, trace_seed_bootstrap
 from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS
+from proxy_exp.evaluate.metrics import (HIGHER_IS_BETTER_PARAM, OWN_HIGHER_IS_BETTER, check_metric_name,
+                                       default_direction, direction_of)
 from proxy_exp.tracking import keys as K
 
-# Direction of each direct-evaluation metric logged as eval/mean/<metric>: all higher-is-better.
-TRUTH_LOWER_IS_BETTER: dict[str, bool] = {"acc": False, "acc_norm": False, "logprob_per_char": False}
+# The direction of the truth metric eval/mean/<metric> comes from the evaluate runs (param eval.higher_is_better:
+# lm-eval's higher_is_better, logged by proxy-eval): truth_direction_from_runs, passed as truth_higher_is_better.
 DIRECT_EVAL = "direct eval"
 METHOD_COLUMNS = ["method", "family", "size", "label", "compute", "decision_accuracy",
                   "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"] + CI_COLUMNS
@@ -47,6 +49,7 @@ class CampaignReport:
     table_size: str
     target_train_flops: float
     notes: list[str] = field(default_factory=list)
+    truth_higher_is_better: bool = True
 
     def _row(self, method: str, size: str) -> pd.Series | None:
         m = self.methods[(self.methods["method"] == method) & (self.methods["size"] == size)]
@@ -63,7 +66,8 @@ class CampaignReport:
                     f"compute {r.compute:.3g} x one target run, {int(r.n_corpora)} corpora, {int(r.n_seeds)} seed(s)")
 
         out = [f"Campaign decisions over {len(self.truth)} corpora. Truth: eval/mean/{self.truth_metric} "
-               f"of the target models (seed mean, higher is better); target training run = "
+               f"of the target models (seed mean, {'higher' if self.truth_higher_is_better else 'lower'} is "
+               f"better); target training run = "
                f"{self.target_train_flops:.3g} FLOPs.",
                f"Ranking at proxy size {self.table_size!r} (1 = best); proxy = {self.primary_proxy}, "
                f"ce = {self.ce_proxy}:",
@@ -199,11 +203,14 @@ def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth
 def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce_proxy: str = "ce/uniform",
                        truth_metric: str = "logprob_per_char", table_size: str | None = None,
                        per_trace: dict | None = None, n_boot: int = 500, boot_seed: int = 0,
-                       checkpoints: pd.DataFrame | None = None) -> CampaignReport:
+                       checkpoints: pd.DataFrame | None = None,
+                       truth_higher_is_better: bool | None = None) -> CampaignReport:
     """Decision accuracy, rank correlation and compute of every method of a campaign.
 
     ``frame`` is :func:`analysis.runs.campaign_frame`'s output. Truth: evaluate runs of role target,
-    ``eval/mean/<truth_metric>``, averaged over target seeds per corpus. Methods: each of the 80
+    ``eval/mean/<truth_metric>`` (any metric the evaluate runs log: ``evaluate.primary_metric``), averaged over
+    target seeds per corpus; ``truth_higher_is_better``: its direction, as the evaluate runs logged it
+    (:func:`truth_direction_from_runs`; None: lm-eval's metric registry's default, with a note). Methods: each of the 80
     proxies (score runs of role proxy) at each proxy size, ranked by the seed mean, with the
     proxy's direction from ``LOWER_IS_BETTER``; and direct evaluation at each proxy size (evaluate
     runs of role proxy, same metric as the truth). ``table_size``: the proxy size shown in the
@@ -222,11 +229,19 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
                              "analysis.runs.campaign_frame")
     p_stat, _ = _split_proxy(primary_proxy, "primary_proxy")
     c_stat, _ = _split_proxy(ce_proxy, "ce_proxy")
-    if truth_metric not in TRUTH_LOWER_IS_BETTER:
-        raise ValueError(f"truth_metric={truth_metric!r}: expected one of {sorted(TRUTH_LOWER_IS_BETTER)}")
-    truth_lower = TRUTH_LOWER_IS_BETTER[truth_metric]
+    check_metric_name(truth_metric, "truth_metric (evaluate.primary_metric)")
     truth_col = K.eval_key(K.MEAN, truth_metric)
     notes: list[str] = []
+    if truth_higher_is_better is None:
+        truth_higher_is_better = default_direction(truth_metric)
+        if truth_higher_is_better is None:
+            raise ValueError(f"truth_metric={truth_metric!r}: whether a higher {truth_metric} is better is unknown: "
+                             "neither lm-eval's metric registry nor proxy-exp's own metrics know it; pass the "
+                             "direction the evaluate runs logged (truth_direction_from_runs)")
+        if truth_metric not in OWN_HIGHER_IS_BETTER:  # proxy-exp's own metrics have their direction by definition
+            notes.append(f"truth direction of {truth_metric} from lm-eval's metric registry "
+                         f"({'higher' if truth_higher_is_better else 'lower'} is better), not from the evaluate runs")
+    truth_lower = not truth_higher_is_better
 
     target_eval = _rows(frame, "evaluate", "target")
     if target_eval.empty:
@@ -314,4 +329,17 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
         notes.append(f"corpora {only_truth} have a truth but no proxy score runs")
     return CampaignReport(table=table, methods=methods, frontier=pareto_frontier(methods), truth=truth,
                           primary_proxy=primary_proxy, ce_proxy=ce_proxy, truth_metric=truth_metric,
-                          table_size=table_size, target_train_flops=target_flops, notes=notes)
+                          table_size=table_size, target_train_flops=target_flops, notes=notes,
+                          truth_higher_is_better=bool(truth_higher_is_better))
+
+
+def truth_direction_from_runs(runs: pd.DataFrame, truth_metric: str, unit_ids=None) -> bool | None:
+    """The direction of ``truth_metric`` that a campaign's evaluate runs logged (param ``eval.higher_is_better``:
+    lm-eval's higher_is_better), from an ``mlflow.search_runs`` frame (:func:`analysis.runs.load_runs`), optionally
+    only the runs of ``unit_ids``; None when none logged it. ValueError when the runs disagree."""
+    kind = runs.get(K.tag_column(K.KIND), pd.Series(None, index=runs.index, dtype=object))
+    ev = runs[kind == "evaluate"]
+    if unit_ids is not None and K.tag_column(K.UNIT_ID) in ev.columns:
+        ev = ev[ev[K.tag_column(K.UNIT_ID)].isin(set(unit_ids))]
+    col = "params." + HIGHER_IS_BETTER_PARAM
+    return direction_of(ev[col] if col in ev.columns else [], truth_metric)[0]

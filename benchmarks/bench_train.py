@@ -36,7 +36,6 @@ from proxy_exp.config import ModelConfig, PretrainConfig  # noqa: E402
 from proxy_exp.distributed import dist_env, init_deepspeed_distributed  # noqa: E402
 from proxy_exp.models import build_model, count_params  # noqa: E402
 from proxy_exp.compute import train_flops_per_token as flops_per_token  # noqa: E402
-from proxy_exp.train.plan import lr_lambda  # noqa: E402
 
 # name -> ModelConfig; CPU: conf/model/xs.yaml and s.yaml; CUDA: the 124M shapes of shared/probes/gpu_train_probe.py
 MODELS: dict[str, ModelConfig] = {
@@ -49,25 +48,30 @@ MODELS: dict[str, ModelConfig] = {
 }
 
 
-def deepspeed_step(model, p: PretrainConfig, total_steps: int, use_cuda: bool, device: torch.device, ids):
-    """A step function of proxy-exp's training loop (proxy_exp/train/loop.py), on ``ids``."""
-    import deepspeed
+class _Vocab:
+    """What build_engine reads of a tokenizer: its size and special ids (the benchmark feeds random tokens)."""
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=tuple(p.betas), eps=1e-8,
-                                  weight_decay=p.weight_decay, fused=bool(use_cuda))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, total_steps, p.warmup_frac, p.min_lr_ratio))
-    bf16 = p.precision == "bf16" or (p.precision == "auto" and use_cuda)
-    ds_config = {  # the same keys and values as proxy_exp/train/loop.py:train
-        "train_batch_size": p.global_batch, "train_micro_batch_size_per_gpu": p.micro_batch,
-        "gradient_accumulation_steps": 1, "zero_optimization": {"stage": p.zero_stage},
-        "gradient_clipping": p.grad_clip, "steps_per_print": 10**9, "bf16": {"enabled": bf16},
-        "wall_clock_breakdown": False,
-    }
-    engine, _, _, _ = deepspeed.initialize(model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config)
-    if p.compile:  # pretrain.compile=true
-        engine.compile()
+    bos_token_id, eos_token_id, pad_token_id = 0, 0, 1
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def deepspeed_step(cfg: ModelConfig, p: PretrainConfig, total_steps: int, vocab: int, device: torch.device, ids):
+    """A step of proxy-exp's own engine (proxy_exp/train/loop.py:build_engine: the DeepSpeed config, fused AdamW on
+    CUDA, bf16 on GPU, pretrain.compile), on ``ids``."""
+    from proxy_exp.config import TrainJobConfig
+    from proxy_exp.train.loop import build_engine
+    from proxy_exp.train.plan import TrainPlan
+
+    tokens = p.global_batch * p.seq_len
+    plan = TrainPlan(n_params=0, n_params_non_embedding=0, budget_tokens=tokens * total_steps, tokens_per_step=tokens,
+                     steps=total_steps, tokens=tokens * total_steps, flops=0.0, gradient_accumulation=1)
+    engine, _, _ = build_engine(TrainJobConfig(model=cfg, pretrain=p), plan, _Vocab(vocab), device,
+                                bf16=device.type == "cuda")
     engine.train()
 
     def step():
@@ -111,11 +115,11 @@ def bench(name: str, args, peak_tflops: float) -> None:
     fpt = flops_per_token(counts.non_embedding, cfg.n_layers, cfg.d_model, args.seq_len) + 6.0 * cfg.d_model * args.vocab
     tokens = args.batch * args.seq_len
     total = args.warmup + args.rounds * args.steps
-    paths = [("proxy-exp DeepSpeed", lambda: deepspeed_step(build(), p, total, use_cuda, device, ids)),
+    paths = [("proxy-exp DeepSpeed", lambda: deepspeed_step(cfg, p, total, args.vocab, device, ids)),
              ("HF eager", lambda: hf_step(build(), p, use_cuda, device, ids, compile_=False))]
     if args.compile:
         pc = PretrainConfig(**{**p.__dict__, "compile": True})
-        paths.append(("proxy-exp DeepSpeed + compile", lambda: deepspeed_step(build(), pc, total, use_cuda, device, ids)))
+        paths.append(("proxy-exp DeepSpeed + compile", lambda: deepspeed_step(cfg, pc, total, args.vocab, device, ids)))
         paths.append(("HF torch.compile", lambda: hf_step(build(), p, use_cuda, device, ids, compile_=True)))
 
     steps, rows = {}, {}

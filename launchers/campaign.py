@@ -1,7 +1,8 @@
 """proxy-campaign: a corpus-selection campaign end to end.
 
-plan (units with stable ids) -> state (what is done) -> prepare shared data once -> submit (dependencies
-first, at most executor.max_parallel at once) -> analyse what MLflow holds -> print the ranking.
+plan (units with stable ids: bpe, tokenize, train, score, evaluate) -> state (what is done) -> submit (dependencies
+first, at most executor.max_parallel at once; the driver reads no corpus) -> analyse what MLflow holds -> print the
+ranking.
 ``action=plan`` (or ``dry_run=true``) prints the units, sizes, tokens and FLOPs; ``action=status`` the state of
 every unit; with ``executor=slurm*`` the run submits and returns at once, and ``action=collect`` analyses.
 """
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 from launchers.app import CONF_DIR, run_app, to_job
 from launchers.plan import plan_campaign
 from proxy_exp import units
-from proxy_exp.config import CampaignAction, CampaignJobConfig, ExecutorKind, TrainJobConfig, resolve_root
+from proxy_exp.config import CampaignAction, CampaignJobConfig, ExecutorKind, resolve_root
 from proxy_exp.tracking import Run, ensure_experiment, keys, tracking_uri
 from proxy_exp.units import Unit
 
@@ -39,38 +40,94 @@ def done_units(cfg: CampaignJobConfig, plan: list[Unit]) -> set[str]:
     return {u.id for u in plan if units.read_done(root, u.id) is not None}
 
 
-def _train_plan_rows(cfg: CampaignJobConfig, plan: list[Unit]) -> list[dict]:
+def _train_plan_rows(cfg: CampaignJobConfig, plan: list[Unit], vocab: int) -> list[dict]:
     from proxy_exp.train.plan import plan_training
 
     rows = []
     for u in plan:
         if u.kind != "train":
             continue
-        tp = plan_training(u.config, cfg.tokenizer.vocab_size)
+        tp = plan_training(u.config, vocab)
         rows.append({"unit": u.id, "role": u.role, "corpus": u.corpus, "size": u.size, "seed": u.seed,
                      "params_non_emb": tp.n_params_non_embedding, "params": tp.n_params, "steps": tp.steps,
                      "tokens": tp.tokens, "train_flops": tp.flops})
     return rows
 
 
+def data_plan(cfg: CampaignJobConfig, plan: list[Unit], vocab: int) -> tuple[list[dict], list[str]]:
+    """Per corpus (recipe), training size and source: weight, realised token share and epochs of the largest
+    budget of that size (exact once the source's token shards exist, else estimated from file sizes: no corpus is
+    read), and one line per source that a budget repeats past its max_epochs."""
+    from proxy_exp.data.mixture import SharePlanner, repeat_problems
+    from proxy_exp.train.plan import plan_training
+
+    cache = os.path.join(resolve_root(cfg.paths), "cache")
+    budgets: dict[tuple[str, str], tuple[int, int]] = {}
+    corpora: dict[str, object] = {}
+    for u in plan:
+        if u.kind == "train":
+            tp = plan_training(u.config, vocab)
+            key = (u.corpus, u.size)
+            positions = tp.steps * u.config.pretrain.global_batch
+            if positions > budgets.get(key, (0, 0))[0]:
+                budgets[key] = (positions, u.config.pretrain.seq_len)
+            corpora[u.corpus] = u.config
+    rows, problems = [], []
+    planner = None
+    for (corpus, size), (positions, seq_len) in budgets.items():
+        tc = corpora[corpus]
+        planner = planner or SharePlanner(tc.tokenizer, dict(tc.tokenizer_corpora), cache)  # one tokenizer per campaign
+        shares = planner.shares(tc.corpus, seq_len, positions)
+        for s in shares:
+            rows.append({"corpus": corpus, "size": size, "source": s.source, "weight": s.weight, "share": s.share,
+                         "sequences": s.sequences, "available": s.available, "epochs": s.epochs,
+                         "max_epochs": s.max_epochs, "sizes": "est." if s.estimated else "exact",
+                         "status": "OVER CAP" if s.over else "ok"})
+        problems += [f"{line} [size {size}]" for line in repeat_problems(corpus, shares)]
+    return rows, problems
+
+
+def check_repeats(cfg: CampaignJobConfig, plan: list[Unit], problems: list[str]) -> None:
+    """Warn about every source a budget repeats past its max_epochs; fail when its corpus says repeat_policy=fail."""
+    strict = {name for name, c in cfg.campaign.corpora.items() if str(c.repeat_policy) == "fail"}
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    failing = [line for line in problems if any(f"corpus {name!r}" in line for name in strict)]
+    if failing:
+        raise ValueError(failing[0] + " (corpus.repeat_policy=fail)")
+
+
 def print_plan(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     import pandas as pd
 
+    from proxy_exp.data.tokenizer import planned_vocab_size
+
     done = done_units(cfg, plan)
-    print(f"campaign {cfg.campaign.name}: {len(plan)} units "
-          f"({sum(u.kind == 'train' for u in plan)} train, {sum(u.kind == 'score' for u in plan)} score, "
-          f"{sum(u.kind == 'evaluate' for u in plan)} evaluate), {len(done)} already done")
-    rows = pd.DataFrame(_train_plan_rows(cfg, plan))
+    kinds = ", ".join(f"{sum(u.kind == k for u in plan)} {k}" for k in ("bpe", "tokenize", "train", "score", "evaluate")
+                      if any(u.kind == k for u in plan))
+    print(f"campaign {cfg.campaign.name}: {len(plan)} units ({kinds}), {len(done)} already done")
+    vocab, vocab_from = planned_vocab_size(cfg.tokenizer)
+    data = [u for u in plan if u.kind in ("bpe", "tokenize")]
+    for u in data:
+        what = ("BPE on a bounded sample of every source" if u.kind == "bpe" else
+                f"{len(u.config.files)} file(s)" if u.config.files else f"packaged source {u.config.source.source}")
+        print(f"  {'done   ' if u.id in done else 'pending'} {u.kind:8s} {u.corpus:24s} {u.size:>7s}  {u.id}  {what}")
+    rows = pd.DataFrame(_train_plan_rows(cfg, plan, vocab))
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(rows.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"traces: {cfg.traces.name} ({', '.join(cfg.traces.tasks)}; {cfg.traces.per_task or 'all'} per task), "
-          f"window {cfg.score.window}; evaluation: {', '.join(cfg.evaluate.tasks)} "
-          f"(limit {cfg.evaluate.limit or 'all'})")
+        drows, problems = data_plan(cfg, plan, vocab)
+        print("data per corpus, size and source (the largest budget of the size):")
+        print(pd.DataFrame(drows).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"vocabulary: {vocab:,} ({vocab_from}); traces: {cfg.traces.name} ({', '.join(cfg.traces.tasks)}; "
+          f"{cfg.traces.per_task or 'all'} per task), window {cfg.score.window}; evaluation: "
+          f"{', '.join(cfg.evaluate.tasks)} (limit {cfg.evaluate.limit or 'all'})")
     print(f"total training FLOPs: {rows['train_flops'].sum():.3g}; outputs under {resolve_root(cfg.paths)}")
+    check_repeats(cfg, plan, problems)
 
 
 def print_status(cfg: CampaignJobConfig, plan: list[Unit]) -> dict[str, int]:
-    """Every unit: done / pending / running / preempted / failed / cancelled / missing, job id, log path."""
+    """Every unit: done / pending / running / preempted / failed / cancelled / vanished / unknown / missing, its job id,
+    why it failed or vanished, and its log."""
     from collections import Counter
 
     from launchers.state import unit_states
@@ -78,28 +135,20 @@ def print_status(cfg: CampaignJobConfig, plan: list[Unit]) -> dict[str, int]:
     states = unit_states(plan, resolve_root(cfg.paths), campaign_dir(cfg, plan))
     for s in states:
         print(f"{s.state:9s} {s.unit.label}  {s.unit.id}  {('job ' + s.job_id) if s.job_id else ''}"
+              f"{('  reason: ' + s.reason) if s.reason else ''}"
               f"{('  log ' + s.log) if s.log and s.state != 'done' else ''}")
     counts = Counter(s.state for s in states)
     print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(plan)} units)")
     return dict(counts)
 
 
-def prepare_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
-    """Build the shared tokenizer and pack every corpus once here, so parallel jobs only read caches."""
-    from proxy_exp.data.packing import pack_corpus
-    from proxy_exp.data.tokenizer import build_tokenizer
-    from proxy_exp.train.plan import plan_training
+def check_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
+    """Before anything runs: the repetition check of :func:`data_plan` (warn, or fail by corpus.repeat_policy).
+    Tokenization is the tokenize units' work: the driver reads no corpus."""
+    from proxy_exp.data.tokenizer import planned_vocab_size
 
-    root = resolve_root(cfg.paths)
-    cache = os.path.join(root, "cache")
-    tok, tok_dir = build_tokenizer(cfg.tokenizer, dict(cfg.campaign.corpora), cache)
-    for u in plan:
-        if u.kind != "train" or units.read_done(root, u.id) is not None:
-            continue
-        tc: TrainJobConfig = u.config
-        tp = plan_training(tc, len(tok))
-        pack_corpus(tc.corpus, tok, tok_dir, tc.pretrain.seq_len, cache, max_tokens=tp.pack_tokens(tc.pretrain.seq_len),
-                    progress=True)
+    _, problems = data_plan(cfg, plan, planned_vocab_size(cfg.tokenizer)[0])
+    check_repeats(cfg, plan, problems)
 
 
 def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> Run:
@@ -139,8 +188,7 @@ def submit_campaign(cfg: CampaignJobConfig) -> dict[str, dict]:
     parent = _parent_run(cfg, plan, cdir)
     for u in plan:
         u.config.parent_run_id = parent.run_id
-    if any(u.kind == "train" and u.id in to_submit for u in plan):
-        prepare_data(cfg, [u for u in plan if u.id in to_submit])
+    check_data(cfg, plan)
     folder = os.path.join(cdir, "submitit", time.strftime("%Y%m%d-%H%M%S"), "%j")
     records = submit_slurm(plan, to_submit, running, cfg.executor, folder)
     save_jobs(cdir, load_jobs(cdir) | records)
@@ -193,7 +241,7 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
     for u in plan:
         u.config.parent_run_id = parent.run_id
     if len(done) < len(plan):
-        prepare_data(cfg, plan)
+        check_data(cfg, plan)
     bar = tqdm(total=len(plan), initial=len(done), desc="units", unit="unit", disable=not progress,
                dynamic_ncols=True)
 

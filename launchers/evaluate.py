@@ -1,4 +1,5 @@
-"""proxy-eval: direct evaluation of one model through lm-evaluation-harness."""
+"""proxy-eval: direct evaluation of one model through lm-evaluation-harness (`dry_run=true`: the tasks resolved
+offline, printed as JSON)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,11 @@ from proxy_exp.config import EvaluateJobConfig
 def _main(cfg: DictConfig) -> float:
     job = to_job(cfg, EvaluateJobConfig)
     if job.dry_run:
-        print(json.dumps({"model": job.model.path, "tasks": job.evaluate.tasks, "limit": job.evaluate.limit},
-                         indent=2))
+        # The tasks resolved offline (embedded, include_path, lm-eval's registry): each task's config as the run
+        # would use it, where its data come from, and the metrics it will report. No data read, no model loaded.
+        from proxy_exp.evaluate.registry import describe
+
+        print(json.dumps({"model": job.model.path, "limit": job.evaluate.limit, **describe(job.evaluate)}, indent=1))
         return 0.0
     from proxy_exp.evaluate.job import evaluate
 

@@ -9,14 +9,29 @@ import sys
 
 from proxy_exp.tracking.server import start, status, stop
 
+# What binding to another interface means, said in `proxy-mlflow-server --help` and `proxy-mlflow-server start --help`.
+SECURITY = ("Security: the server binds 127.0.0.1 (this machine only) unless --host says otherwise. MLflow has no "
+            "authentication by default: served on --host 0.0.0.0 (or any address others can reach), anyone who can "
+            "reach the port can read, change and delete every experiment, run, param, metric and artifact. Expose "
+            "it only to whom you trust: behind a firewall that admits your cluster's nodes alone, through an SSH "
+            "tunnel (bind 127.0.0.1 and run `ssh -N -L 5000:127.0.0.1:5000 <server-node>` where you work), or with "
+            "MLflow's own basic-auth app (`pip install 'mlflow[auth]'`, `mlflow server --app-name basic-auth ...`; "
+            "jobs then set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD). --allowed-hosts is no access "
+            "control: it checks only the Host header a client sends (against DNS rebinding).")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="proxy-mlflow-server", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="proxy-mlflow-server", description=f"{__doc__.split(chr(10) * 2)[0]} {SECURITY}")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("start", help="start the tracking server detached (idempotent)")
+    s = sub.add_parser("start", help="start the tracking server detached (idempotent)",
+                       description=f"Start the tracking server detached (idempotent). {SECURITY}")
     s.add_argument("--root", required=True, help="directory for mlflow.db, artifacts/, server.json, server.log "
                                                  "(on the shared filesystem)")
-    s.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 to serve other nodes")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only). 0.0.0.0 serves other nodes, and "
+                        "anyone else who can reach the port: MLflow has no authentication by default, so they can "
+                        "read and write every run and artifact; use a firewall, an SSH tunnel or MLflow's "
+                        "basic-auth app")
     s.add_argument("--port", type=int, default=5000)
     s.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
     s.add_argument("--backend-uri", default="", help="backend store URI (required for postgresql)")

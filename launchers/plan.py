@@ -1,4 +1,9 @@
-"""Plan: a campaign config expanded into units of work with stable ids and dependencies."""
+"""Plan: a campaign config expanded into units of work with stable ids and dependencies.
+
+Data units come first: a ``bpe`` unit when the campaign trains its own tokenizer, then ``tokenize`` units (each
+source of each corpus or recipe, its input files split into at most ``tokenize.max_tasks`` groups; a source that
+several recipes share is tokenized once). Each training unit depends on the tokenize units of its corpus; score and
+evaluate units on their training unit. Planning stats input files (size, mtime) and reads none of them."""
 from __future__ import annotations
 
 import copy
@@ -8,8 +13,8 @@ import os
 from omegaconf import OmegaConf
 
 from proxy_exp import units
-from proxy_exp.config import (Arch, CampaignJobConfig, EvaluateJobConfig, InLoopConfig, PretrainConfig,
-                              ScoreJobConfig, TrainJobConfig, resolve_root)
+from proxy_exp.config import (Arch, BpeJobConfig, CampaignJobConfig, EvaluateJobConfig, InLoopConfig, PretrainConfig,
+                              ScoreJobConfig, TokenizeJobConfig, TokenizerKind, TrainJobConfig, resolve_root)
 from proxy_exp.units import Unit
 
 
@@ -20,8 +25,73 @@ def _pretrain_for(cfg: CampaignJobConfig, role: str) -> PretrainConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
+def split_files(files: list[str], groups: int) -> list[list[str]]:
+    """``files`` (in order) as at most ``groups`` contiguous groups of about equal total size."""
+    if not files:
+        return []
+    n = max(1, min(groups, len(files)))
+    sizes = [max(1, os.path.getsize(f)) for f in files]
+    total, out, cur, acc = sum(sizes), [], [], 0
+    for f, size in zip(files, sizes):
+        cur.append(f)
+        acc += size
+        left_files, left_groups = len(files) - sum(map(len, out)) - len(cur), n - len(out) - 1
+        if left_groups > 0 and (acc >= total * (len(out) + 1) / n or left_files == left_groups):
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def data_units(cfg: CampaignJobConfig) -> tuple[list[Unit], dict[str, list[str]]]:
+    """The campaign's bpe unit (if it trains a BPE) and tokenize units, and the tokenize unit ids each corpus
+    needs (corpus name -> ids)."""
+    from proxy_exp.data.corpora import corpus_sources
+    from proxy_exp.data.readers import input_files, is_file_source
+
+    c = cfg.campaign
+    bpe = cfg.tokenizer.kind == TokenizerKind.bpe
+    tok_corpora = copy.deepcopy(dict(c.corpora)) if bpe else {}
+    out: list[Unit] = []
+    deps: list[str] = []
+    if bpe:
+        bid = units.bpe_unit_id(cfg.tokenizer, tok_corpora)
+        bcfg = BpeJobConfig(tokenizer=copy.deepcopy(cfg.tokenizer), corpora=tok_corpora, tracking=cfg.tracking,
+                            paths=cfg.paths, unit_id=bid, campaign=c.name)
+        out.append(Unit(bid, "bpe", "data", "all", "-", 0, bcfg))
+        deps = [bid]
+    needs: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for corpus_name, corpus in c.corpora.items():
+        needs[corpus_name] = []
+        srcs = corpus_sources(corpus)
+        for sname, src in srcs.items():
+            files = input_files(src) if is_file_source(src) else []
+            groups = split_files(files, max(1, cfg.tokenize.max_tasks)) or [[]]
+            label = corpus_name if str(corpus.source) != "mixture" else sname
+            for i, group in enumerate(groups):
+                tid = units.tokenize_unit_id(cfg.tokenizer, tok_corpora, src, group)
+                needs[corpus_name].append(tid)
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                source = copy.deepcopy(src)
+                source.name = label
+                tcfg = TokenizeJobConfig(tokenizer=copy.deepcopy(cfg.tokenizer), tokenizer_corpora=tok_corpora,
+                                         source=source, files=group, tokenize=copy.deepcopy(cfg.tokenize),
+                                         tracking=cfg.tracking, paths=cfg.paths, unit_id=tid, campaign=c.name)
+                out.append(Unit(tid, "tokenize", "data", label, f"{i + 1}/{len(groups)}", 0, tcfg, list(deps)))
+    return out, needs
+
+
 def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
-    """Every unit of the campaign, dependencies before dependants."""
+    """Every unit of the campaign, dependencies before dependants (each file source's inputs stat-ed once)."""
+    with units.input_memo():
+        return _plan_campaign(cfg)
+
+
+def _plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
     c = cfg.campaign
     if not c.corpora:
         raise ValueError("campaign.corpora is empty: list corpora in the campaign config (see conf/campaign/mini.yaml)")
@@ -31,15 +101,17 @@ def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
         if s not in c.sizes:
             raise ValueError(f"campaign size {s!r} is not defined in campaign.sizes (have: {sorted(c.sizes)})")
     root = resolve_root(cfg.paths)
-    plan: list[Unit] = []
+    plan, needs = data_units(cfg)
+    bpe = cfg.tokenizer.kind == TokenizerKind.bpe
     roles = [("proxy", size, c.seeds) for size in c.proxy_sizes] + [("target", c.target_size, c.target_seeds)]
     for role, size, seeds in roles:
         for corpus_name, corpus in c.corpora.items():
             for seed in seeds:
                 tcfg = TrainJobConfig(model=copy.deepcopy(c.sizes[size]), tokenizer=copy.deepcopy(cfg.tokenizer),
-                                      corpus=copy.deepcopy(corpus), tokenizer_corpora=copy.deepcopy(dict(c.corpora)),
+                                      corpus=copy.deepcopy(corpus),
+                                      tokenizer_corpora=copy.deepcopy(dict(c.corpora)) if bpe else {},
                                       pretrain=_pretrain_for(cfg, role), seed=seed, tracking=cfg.tracking,
-                                      paths=cfg.paths, campaign=c.name)
+                                      paths=cfg.paths, campaign=c.name, tokenize=copy.deepcopy(cfg.tokenize))
                 tcfg.model.name = size
                 tid = units.train_unit_id(tcfg.model, tcfg.tokenizer, tcfg.tokenizer_corpora, tcfg.corpus,
                                           tcfg.pretrain, seed)
@@ -48,7 +120,7 @@ def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
                 if role == "proxy" and c.in_loop_score_every > 0:
                     tcfg.in_loop = InLoopConfig(score_every=c.in_loop_score_every, traces=copy.deepcopy(cfg.traces),
                                                 score=copy.deepcopy(cfg.score))
-                plan.append(Unit(tid, "train", role, corpus_name, size, seed, tcfg))
+                plan.append(Unit(tid, "train", role, corpus_name, size, seed, tcfg, list(dict.fromkeys(needs[corpus_name]))))
                 model_cfg = dataclasses.replace(tcfg.model, arch=Arch.pretrained,
                                                 path=os.path.join(units.unit_dir(root, tid), "model"))
                 tags = {"corpus": corpus_name, "size": size, "role": role, "seed": str(seed), "train_unit": tid}

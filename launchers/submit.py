@@ -1,4 +1,5 @@
-"""Submit: run a campaign's units through submitit (local executor or Slurm) or inline, respecting dependencies.
+"""Submit: run a campaign's units through submitit (local executor or Slurm) or inline, respecting dependencies
+(data units -- bpe, tokenize -- before the training units that read their shards).
 
 At most ``executor.max_parallel`` units run at once (submitit's local executor itself starts everything at
 once); a unit starts when the units it depends on are done. A failed unit is reported and its dependants are
@@ -12,7 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from proxy_exp.config import ExecutorConfig, ExecutorKind
+from proxy_exp.config import ExecutorConfig, ExecutorKind, UnitResources
 from proxy_exp.jobs import job_function
 from proxy_exp.units import Unit
 
@@ -22,11 +23,24 @@ def run_unit(kind: str, config: Any) -> Any:
     from proxy_exp.environment import offline_env
 
     offline_env()
-    inject = os.environ.get("PROXY_EXP_FAIL_UNITS", "")
-    if inject and getattr(config, "unit_id", "") in inject.split(","):
-        # fault injection, for testing the failure path of a campaign (set by tests, never by config)
-        raise RuntimeError(f"failure injected into unit {config.unit_id} (PROXY_EXP_FAIL_UNITS)")
-    return job_function(kind)(config, progress=False)
+    try:
+        inject = os.environ.get("PROXY_EXP_FAIL_UNITS", "")
+        if inject and getattr(config, "unit_id", "") in inject.split(","):
+            # fault injection, for testing the failure path of a campaign (set by tests, never by config)
+            raise RuntimeError(f"failure injected into unit {config.unit_id} (PROXY_EXP_FAIL_UNITS)")
+        return job_function(kind)(config, progress=False)
+    except Exception as e:  # the reason, for proxy-campaign action=status (the log holds the traceback)
+        if getattr(config, "unit_id", "") and hasattr(config, "paths"):
+            from proxy_exp import units
+            from proxy_exp.config import resolve_root
+
+            lines = str(e).strip().splitlines()
+            try:
+                units.write_failed(resolve_root(config.paths), config.unit_id,
+                                   f"{type(e).__name__}: {lines[0] if lines else ''}"[:2000])
+            except OSError:
+                pass
+        raise
 
 
 def run_unit_group(kind: str, configs: list, raise_on_failure: bool = True) -> list:
@@ -52,12 +66,39 @@ def run_unit_group(kind: str, configs: list, raise_on_failure: bool = True) -> l
     return outcomes
 
 
-def groupable(u: Unit) -> bool:
-    """A training unit that runs as one process (no multi-rank or multi-node run): it can share a job."""
+def kind_resources(ex: ExecutorConfig, kind: str) -> dict[str, Any]:
+    """What a unit kind's jobs ask for: ``executor.<kind>`` where set (``executor.data`` for the bpe and tokenize
+    units, which need no GPU unless it says so), else the executor's own values."""
+    r = getattr(ex, "data" if kind in ("bpe", "tokenize") else kind, None)
+    r = r if isinstance(r, UnitResources) else UnitResources()
+    return {"gpus_per_node": ex.gpus_per_node if r.gpus_per_node < 0 else r.gpus_per_node,
+            "cpus_per_task": r.cpus_per_task or ex.cpus_per_task, "timeout_min": r.timeout_min or ex.timeout_min,
+            "mem_gb": r.mem_gb, "additional_parameters": {**ex.additional_parameters, **r.additional_parameters}}
+
+
+def train_gpus(u: Unit, ex: ExecutorConfig) -> int:
+    """GPUs per node a training unit trains on: ``pretrain.gpus_per_node`` when set (>= 0), else its job's
+    allocation (``executor.train.gpus_per_node``, or ``executor.gpus_per_node``). Both set and different, or CPU
+    training asked for while GPUs are allocated, is an error naming the two settings."""
+    p = u.config.pretrain
+    allocated = kind_resources(ex, "train")["gpus_per_node"]
+    if p.gpus_per_node < 0:
+        return max(0, allocated)
+    if allocated and allocated != p.gpus_per_node:
+        raise ValueError(f"pretrain.gpus_per_node={p.gpus_per_node} but the executor allocates {allocated} GPU(s) per "
+                         "training job (executor.train.gpus_per_node / executor.gpus_per_node): set one of them, and "
+                         "leave pretrain.gpus_per_node=-1 to train on what is allocated")
+    return p.gpus_per_node
+
+
+def groupable(u: Unit, ex: ExecutorConfig | None = None) -> bool:
+    """A training unit that runs as one process (no multi-rank or multi-node run, at most one GPU): it can share a
+    job (and its GPU) with others."""
     if u.kind != "train":
         return False
     p = u.config.pretrain
-    return p.nodes <= 1 and p.gpus_per_node <= 1 and (p.gpus_per_node == 1 or p.tasks_per_node <= 1)
+    gpus = train_gpus(u, ex or ExecutorConfig())
+    return p.nodes <= 1 and gpus <= 1 and (gpus == 1 or p.tasks_per_node <= 1)
 
 
 @dataclass
@@ -68,23 +109,27 @@ class Outcome:
     logs: dict[str, str] = field(default_factory=dict)  # unit id -> submitit log path
 
 
-def make_executor(ex: ExecutorConfig, folder: str):
+def make_executor(ex: ExecutorConfig, folder: str, kind: str = ""):
+    """A submitit executor for jobs of unit kind ``kind`` (its resources: :func:`kind_resources`)."""
     import submitit
 
+    res = kind_resources(ex, kind)
     if ex.kind == ExecutorKind.local:
         executor = submitit.AutoExecutor(folder=folder, cluster="local")
-        executor.update_parameters(timeout_min=ex.timeout_min, cpus_per_task=ex.cpus_per_task)
+        executor.update_parameters(timeout_min=res["timeout_min"], cpus_per_task=res["cpus_per_task"])
         return executor
     if ex.kind == ExecutorKind.slurm:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        params: dict[str, Any] = {"timeout_min": ex.timeout_min, "cpus_per_task": ex.cpus_per_task,
+        params: dict[str, Any] = {"timeout_min": res["timeout_min"], "cpus_per_task": res["cpus_per_task"],
                                   "slurm_setup": list(ex.setup),
-                                  "slurm_additional_parameters": dict(ex.additional_parameters)}
+                                  "slurm_additional_parameters": dict(res["additional_parameters"])}
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(ex, key):
                 params[f"slurm_{key}"] = getattr(ex, key)
-        if ex.gpus_per_node:
-            params["gpus_per_node"] = ex.gpus_per_node
+        if res["gpus_per_node"] > 0:
+            params["gpus_per_node"] = res["gpus_per_node"]
+        if res["mem_gb"] > 0:
+            params["mem_gb"] = res["mem_gb"]
         executor.update_parameters(**params)
         return executor
     raise ValueError(f"executor.kind={ex.kind!r}: use inline, local or slurm")
@@ -114,7 +159,7 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
                 say("failed", u, str(e))
         return out
 
-    executor = make_executor(ex, folder)
+    executors: dict[str, Any] = {}  # unit kind -> its executor (each kind its own resources)
     running: dict[str, tuple[list[Unit], Any]] = {}  # first unit id -> (units sharing the job, job)
     per_job = max(1, ex.units_per_job)
     while pending or running:
@@ -143,17 +188,19 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
                 pending.remove(u)
                 out.skipped[u.id] = "a dependency failed"
                 say("skipped", u, out.skipped[u.id])
-        # launch what is ready: training first, the largest (target) models first, since they are the critical path
-        for u in sorted(pending, key=lambda u: (u.kind != "train", u.role != "target")):
+        # launch what is ready: data units (bpe, tokenize) first, then training, the largest (target) models first,
+        # since they are the critical path
+        for u in sorted(pending, key=lambda u: (u.kind not in ("bpe", "tokenize"), u.kind != "train", u.role != "target")):
             if len(running) >= max(1, ex.max_parallel):
                 break
             if u in pending and all(d in finished for d in u.depends_on):
                 group = [u]
-                if per_job > 1 and groupable(u):  # small-model mode: ready single-process training units share a job
-                    group += [v for v in pending if v is not u and groupable(v)
+                if per_job > 1 and groupable(u, ex):  # small-model mode: ready one-process training units share a job
+                    group += [v for v in pending if v is not u and groupable(v, ex)
                               and all(d in finished for d in v.depends_on)][:per_job - 1]
                 for v in group:
                     pending.remove(v)
+                executor = executors.get(u.kind) or executors.setdefault(u.kind, make_executor(ex, folder, u.kind))
                 executor.update_parameters(name=f"proxy-{u.kind}-{u.id[-12:]}")
                 if len(group) == 1:
                     job = executor.submit(run_unit, u.kind, u.config)
@@ -186,20 +233,24 @@ def max_array_size() -> int:
     return 1000
 
 
-def _train_resources(u: Unit) -> dict[str, int]:
+def _train_resources(u: Unit, ex: ExecutorConfig) -> dict[str, int]:
+    """Nodes, tasks per node (one per GPU, or pretrain.tasks_per_node CPU ranks) and GPUs of a training job."""
     p = u.config.pretrain
-    per_node = p.gpus_per_node if p.gpus_per_node > 0 else p.tasks_per_node
+    gpus = train_gpus(u, ex)
+    per_node = gpus if gpus > 0 else p.tasks_per_node
     res = {"nodes": max(1, p.nodes), "tasks_per_node": max(1, per_node)}
-    if p.gpus_per_node > 0:
-        res["gpus_per_node"] = p.gpus_per_node
+    if gpus > 0:
+        res["gpus_per_node"] = gpus
     return res
 
 
 def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, str], ex: ExecutorConfig,
                  folder: str) -> dict[str, dict]:
-    """Submit units to Slurm and return at once: training units as job arrays (one per resource shape, split
-    above MaxArraySize), each score / evaluate unit as a job that starts after its training unit succeeds
-    (``afterok``; ``kill-on-invalid-dep`` cancels it if training fails). ``running_jobs`` maps units already
+    """Submit units to Slurm and return at once: the bpe unit as a job, tokenize units as job arrays (one task
+    per group of input files, ``tokenize.threads`` CPUs each) after it, training units as job arrays (one per
+    resource shape and corpus, split above MaxArraySize) after their tokenize tasks, each score / evaluate unit as
+    a job that starts after its training unit succeeds (``afterok`` throughout; ``kill-on-invalid-dep`` cancels a
+    job whose dependency failed). ``running_jobs`` maps units already
     pending or running to their job ids, so new dependants wait for them. Returns unit id -> job record."""
     import submitit
 
@@ -214,16 +265,54 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
 
     # The driver may itself run inside an allocation or a torch.distributed process: strip both.
     with submitit.helpers.clean_env(extra_names=("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
+        executors: dict[str, Any] = {}
+
+        def after(deps: list[str], kind: str) -> dict[str, Any]:
+            """The kind's extra sbatch parameters, plus afterok on the jobs of ``deps`` that are pending or running."""
+            extra = dict(kind_resources(ex, kind)["additional_parameters"])
+            jobs = list(dict.fromkeys(job_of[d] for d in deps if d in job_of))
+            if jobs:
+                extra.update({"dependency": "afterok:" + ":".join(jobs), "kill_on_invalid_dep": "yes"})
+            return extra
+
+        def submit_one(u: Unit) -> None:
+            executor = executors.get(u.kind) or executors.setdefault(u.kind, make_executor(ex, folder, u.kind))
+            executor.update_parameters(name=f"proxy-{u.kind}", slurm_additional_parameters=after(u.depends_on, u.kind))
+            record(u, executor.submit(run_unit, u.kind, u.config))
+
+        limit = max_array_size()
+        for u in chosen:  # the campaign's BPE: one job, before the tokenize units that use it
+            if u.kind == "bpe":
+                submit_one(u)
+        # tokenize units: one job array per set of dependencies, one task per unit (a group of input files), each
+        # with tokenize.threads CPUs for its tokenizer threads
+        tgroups: dict[tuple, list[Unit]] = {}
+        for u in chosen:
+            if u.kind == "tokenize":
+                key = (tuple(sorted({job_of[d] for d in u.depends_on if d in job_of})), u.config.tokenize.threads)
+                tgroups.setdefault(key, []).append(u)
+        for (_, threads), us in tgroups.items():
+            executor = make_executor(ex, folder, "tokenize")
+            executor.update_parameters(name="proxy-tokenize", slurm_array_parallelism=max(1, ex.max_parallel),
+                                       cpus_per_task=max(int(threads), kind_resources(ex, "tokenize")["cpus_per_task"]),
+                                       slurm_additional_parameters=after(us[0].depends_on, "tokenize"))
+            for i in range(0, len(us), limit):
+                chunk = us[i:i + limit]
+                with executor.batch():
+                    jobs = [executor.submit(run_unit, "tokenize", u.config) for u in chunk]
+                for u, job in zip(chunk, jobs):
+                    record(u, job)
+        # training units: one job array per resource shape and set of dependencies (the tokenize tasks of a corpus)
         groups: dict[tuple, list[Unit]] = {}
         for u in chosen:
             if u.kind == "train":
-                groups.setdefault(tuple(sorted(_train_resources(u).items())), []).append(u)
-        limit = max_array_size()
-        for shape, us in groups.items():
-            executor = make_executor(ex, folder)
+                deps = tuple(sorted({job_of[d] for d in u.depends_on if d in job_of}))
+                groups.setdefault((tuple(sorted(_train_resources(u, ex).items())), deps), []).append(u)
+        for (shape, _), us in groups.items():
+            executor = make_executor(ex, folder, "train")
             executor.update_parameters(name="proxy-train", slurm_array_parallelism=max(1, ex.max_parallel),
-                                       **dict(shape))
-            per_job = max(1, ex.units_per_job) if all(groupable(u) for u in us) else 1
+                                       slurm_additional_parameters=after(us[0].depends_on, "train"), **dict(shape))
+            per_job = max(1, ex.units_per_job) if all(groupable(u, ex) for u in us) else 1
             bundles = [us[i:i + per_job] for i in range(0, len(us), per_job)]
             for i in range(0, len(bundles), limit):
                 chunk = bundles[i:i + limit]
@@ -233,14 +322,7 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
                 for b, job in zip(chunk, jobs):
                     for u in b:
                         record(u, job)
-        executor = make_executor(ex, folder)
-        for u in chosen:
-            if u.kind == "train":
-                continue
-            extra = dict(ex.additional_parameters)
-            deps = [job_of[d] for d in u.depends_on if d in job_of]
-            if deps:
-                extra.update({"dependency": "afterok:" + ":".join(deps), "kill_on_invalid_dep": "yes"})
-            executor.update_parameters(name=f"proxy-{u.kind}", slurm_additional_parameters=extra)
-            record(u, executor.submit(run_unit, u.kind, u.config))
+        for u in chosen:  # score / evaluate: a job each, after its training unit
+            if u.kind not in ("bpe", "tokenize", "train"):
+                submit_one(u)
     return records

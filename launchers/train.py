@@ -16,7 +16,9 @@ def _main(cfg: DictConfig) -> float:
     from proxy_exp.train.plan import plan_training
 
     if job.dry_run:
-        plan = plan_training(job, job.tokenizer.vocab_size)
+        from proxy_exp.data.tokenizer import planned_vocab_size
+
+        plan = plan_training(job, planned_vocab_size(job.tokenizer)[0])
         print(json.dumps({"unit": default_unit_id(job), "corpus": job.corpus.name, "model": job.model.name,
                           **plan.__dict__}, indent=2))
         return 0.0

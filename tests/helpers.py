@@ -26,7 +26,7 @@ SMALL_CORPUS_BYTES = 200_000
 FIXTURE_TRACE_OVERRIDES = ["traces=jsonl", f"traces.paths=[{FIXTURE_TRACES}]", "traces.tasks=[]"]
 
 
-DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
 def run_cli(name: str, *args: str, ok: bool = True, timeout: int = 600, env: dict | None = None,
@@ -194,3 +194,132 @@ def golden(name: str, actual: str) -> str:
             f.write(actual)
     with open(path) as f:
         return f.read()
+
+
+# ------------------------------------------------------------------------------ tiny models for direct evaluation
+def save_tiny_llama(out_dir: str, texts: list[str], vocab_size: int = 600, chat_template: str | None = None,
+                    seed: int = 0, max_positions: int = 512) -> str:
+    """A random 2-layer, 32-dim Llama with a byte-level BPE trained on ``texts`` (optionally with a chat template),
+    saved with save_pretrained (model and tokenizer) in ``out_dir``; returns ``out_dir``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                     unk_token="<|endoftext|>", pad_token="<pad>")
+    if chat_template:
+        hf_tok.chat_template = chat_template
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                         bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id,
+                         pad_token_id=hf_tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    hf_tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def gold_logprob_per_char(model, tokenizer, context: str, continuation: str) -> float:
+    """log p(continuation | context) / len(continuation) by one plain forward pass (no lm-eval)."""
+    import torch
+
+    ctx_ids = tokenizer(context)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]
+    assert whole[: len(ctx_ids)] == ctx_ids, "the context's tokens are not a prefix of context + continuation"
+    with torch.no_grad():
+        logits = model(torch.tensor([whole])).logits[0].double()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return sum(float(logprobs[i - 1, whole[i]]) for i in range(len(ctx_ids), len(whole))) / len(continuation)
+
+
+# ------------------------------------------------------------------------------ corpus shards in the field's formats
+def packaged_records(source: str = "wikipedia", n: int = 200, max_bytes: int = 2_000_000) -> list[dict]:
+    """The first ``n`` documents of a packaged source as Dolma-style records ``{id, text, source}``."""
+    from proxy_exp.data.corpora import read_documents
+
+    out = []
+    for i, text in enumerate(read_documents(small_corpus(source, max_bytes))):
+        if i >= n:
+            break
+        out.append({"id": f"{source}-{i}", "text": text, "source": source, "added": "2026-12-01"})
+    return out
+
+
+def write_jsonl(path, records: list[dict], frames: int = 1) -> str:
+    """JSON lines at ``path``, compressed by its name (``.gz``: gzip; ``.zst``: zstandard in ``frames`` frames)."""
+    import gzip
+    import json
+
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    path = str(path)
+    if path.endswith(".gz"):
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    elif path.endswith(".zst"):
+        import zstandard
+
+        step = max(1, len(data) // frames + 1)
+        with open(path, "wb") as f:
+            for i in range(0, len(data), step):  # several frames, as pzstd and streaming writers produce
+                f.write(zstandard.ZstdCompressor(level=3).compress(data[i:i + step]))
+    else:
+        with open(path, "wb") as f:
+            f.write(data)
+    return path
+
+
+def write_parquet(path, records: list[dict], row_group_size: int = 64) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), str(path), row_group_size=row_group_size)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------ a real MLflow server for one test
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow_server(root, port: int | None = None, timeout: int = 120):
+    """A real ``proxy-mlflow-server`` on 127.0.0.1 over ``root`` (on a free port unless given), as a context manager
+    that yields its URI and stops it at the end (killing its process group if ``stop`` did not). Start-up fails the
+    test with the command's output."""
+    import contextlib
+    import json
+    import signal
+
+    @contextlib.contextmanager
+    def served():
+        p = port or free_port()
+        r = run_cli("proxy-mlflow-server", "start", "--root", str(root), "--port", str(p), ok=False, timeout=timeout,
+                    cwd=REPO)
+        state_path = os.path.join(str(root), "server.json")
+        try:
+            assert r.returncode == 0, f"proxy-mlflow-server start failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+            yield f"http://127.0.0.1:{p}"
+        finally:
+            pid = None
+            if os.path.exists(state_path):
+                with open(state_path) as f:
+                    pid = json.load(f)["pid"]
+            run_cli("proxy-mlflow-server", "stop", "--root", str(root), ok=False, timeout=timeout, cwd=REPO)
+            from proxy_exp.tracking.server import group_processes
+
+            if pid is not None and group_processes(pid):  # stop failed: nothing of the server outlives the test
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+
+    return served()

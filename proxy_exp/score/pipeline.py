@@ -28,6 +28,8 @@ class ModelScores:
     aggregate: AggregateResult
     tokens_forward: int
     n_traces: int
+    kernel: str = "torch"  # the kernel that ran (proxy_exp/score/lm_head.py:resolve_kernel)
+    batch_size: int = 1  # the batch size of the last batch
 
     @property
     def proxies(self) -> dict[str, float]:
@@ -42,4 +44,5 @@ def score_model(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progress
                          "the scored solution tokens)")
     out = score_traces(model, tokenizer, traces, cfg, progress=progress)
     freq = token_frequencies(out.tokens["token_id"].to_numpy(), len(tokenizer), cfg.freq_smoothing)
-    return ModelScores(out.tokens, aggregate(out.tokens, cfg, freq), out.tokens_forward, out.n_traces)
+    return ModelScores(out.tokens, aggregate(out.tokens, cfg, freq), out.tokens_forward, out.n_traces, out.kernel,
+                       out.batch_size)

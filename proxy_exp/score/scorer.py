@@ -1,6 +1,7 @@
 """Teacher-forced scoring of expert traces: one forward pass per trace, statistics on solution tokens."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -9,15 +10,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from proxy_exp.config import Packing, ScoreConfig, StatsBackend
+from proxy_exp.config import LongPrompt, Packing, ScoreConfig, StatsBackend
 from proxy_exp.score.lm_head import (
     KERNELS,
-    text_config,
     check_lm_head,
     final_hidden_states,
+    head_device,
     lm_head_of,
     max_positions,
+    resolve_kernel,
     score_hidden_states,
+    text_config,
 )
 from proxy_exp.score.stats import COMPILE_MIN_LOGITS, STAT_KEYS, STATS_BACKENDS, is_oom
 
@@ -26,6 +29,30 @@ TRACE_FIELDS: tuple[str, ...] = ("id", "task", "prompt", "solution")
 TOKEN_COLUMNS: tuple[str, ...] = ("trace_id", "task", "position", "token_id") + STAT_KEYS
 # Tokens of the first sequence that check_lm_head compares against model(...).logits.
 _HEAD_CHECK_TOKENS = 16
+# score.batch_size=0 on a GPU: the first batch holds at most this many tokens (and at most AUTO_BATCH_MAX traces);
+# a batch that runs out of memory is halved and retried
+AUTO_BATCH_TOKENS = 65_536
+AUTO_BATCH_MAX = 64
+LOG = logging.getLogger("proxy_exp.score")
+_SAID: set[str] = set()
+
+
+def input_device(model) -> torch.device:
+    """Where a model's input ids go: its embedding's device (a sharded model's hooks move activations onwards; an
+    embedding offloaded by accelerate computes where its hook says, so inputs stay on the CPU)."""
+    weight = model.get_input_embeddings().weight
+    return torch.device("cpu") if weight.is_meta else weight.device
+
+
+def resolve_batch_size(cfg: ScoreConfig, device: torch.device, longest: int) -> tuple[int, bool]:
+    """``(first batch size, halve on out-of-memory)``: ``score.batch_size`` and ``score.auto_batch`` as given, or for
+    ``batch_size=0`` (auto) 1 on CPU and on a GPU the largest batch of the longest traces within
+    :data:`AUTO_BATCH_TOKENS` tokens, halved on out-of-memory."""
+    if cfg.batch_size > 0:
+        return cfg.batch_size, cfg.auto_batch
+    if device.type != "cuda":
+        return 1, cfg.auto_batch
+    return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_TOKENS // max(1, longest))), True
 
 
 @dataclass
@@ -35,14 +62,17 @@ class ScoreOutput:
     ``tokens``: one row per scored token, columns :data:`TOKEN_COLUMNS` (``position`` is the token's
     index within the tokenized solution; ``trace_id`` and ``task`` are strings). ``tokens_forward``: tokens that went through the model,
     padding excluded (so it does not depend on ``batch_size``), for FLOPs = 2 * params * tokens_forward.
-    ``n_traces``: traces scored. ``batch_size``: the batch size the last batch ran with (below
-    ``score.batch_size`` when ``score.auto_batch`` halved it after running out of memory).
+    ``n_traces``: traces scored. ``batch_size``: the batch size the last batch ran with (below the first one
+    when ``score.auto_batch`` or an automatic batch size halved it after running out of memory). ``kernel``: the
+    kernel that ran (``torch`` or ``triton``), ``kernel_note``: why ``auto`` did not take the fused kernel on a GPU.
     """
 
     tokens: pd.DataFrame
     tokens_forward: int
     n_traces: int
     batch_size: int = 1
+    kernel: str = "torch"
+    kernel_note: str = ""
 
 
 @dataclass
@@ -69,11 +99,12 @@ def check_packed_forward(model, first: list[int], second: list[int]) -> None:
     """Raise ValueError unless packing ``first`` and ``second`` into one row (position ids restarting at 0, no
     attention mask) gives the hidden states each has alone: the architecture must honour packed position ids."""
     a, b = torch.tensor(first)[None], torch.tensor(second)[None]
-    device = next(model.parameters()).device
-    alone = torch.cat([final_hidden_states(model, a.to(device)), final_hidden_states(model, b.to(device))], dim=1)
+    device = input_device(model)
+    alone = torch.cat([final_hidden_states(model, a.to(device)).cpu(), final_hidden_states(model, b.to(device)).cpu()],
+                      dim=1)
     ids = torch.cat([a, b], dim=1).to(device)
     pos = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])])[None].to(device)
-    packed = final_hidden_states(model, ids, None, position_ids=pos)
+    packed = final_hidden_states(model, ids, None, position_ids=pos).cpu()
     scale = alone.abs().max().item()
     diff = (packed.float() - alone.float()).abs().max().item()
     if not diff <= 1e-2 * scale + 1e-5:
@@ -107,15 +138,29 @@ def _bos_id(tokenizer) -> int:
     )
 
 
-def _sequences(tokenizer, traces: list[dict], window: int, max_pos: int, n_vocab: int) -> list[_Sequence]:
-    """Tokenize ``BOS + prompt + solution``, left-truncate to ``max_pos`` and choose the scored tokens."""
+def _sequences(tokenizer, traces: list[dict], window: int, max_pos: int, n_vocab: int,
+               long_prompt: str = "truncate") -> list[_Sequence]:
+    """Tokenize ``BOS + prompt + solution``, left-truncate to ``max_pos`` and choose the scored tokens; a prompt that
+    alone fills the context is cut with the start of the solution (``score.long_prompt=truncate``, said once) or an
+    error (``error``)."""
+    overflowing: list[str] = []
     bos = _bos_id(tokenizer)
     prompts = tokenizer([t["prompt"] for t in traces], add_special_tokens=False)["input_ids"]
     solutions = tokenizer([t["solution"] for t in traces], add_special_tokens=False)["input_ids"]
     sequences = []
     for i, (trace, prompt, solution) in enumerate(zip(traces, prompts, solutions)):
         if not solution:
-            raise ValueError(f"trace {trace['id']!r} (task {trace['task']!r}) has an empty solution; drop it from the traces")
+            what = ("an empty solution" if not trace["solution"].strip() else
+                    f"a solution ({len(trace['solution'])} characters) that this tokenizer turns into no tokens")
+            raise ValueError(f"trace {trace['id']!r} (task {trace['task']!r}) has {what}: there is nothing to score; "
+                             "drop it from the traces")
+        if 1 + len(prompt) >= max_pos and long_prompt == LongPrompt.truncate:
+            overflowing.append(str(trace["id"]))
+        elif 1 + len(prompt) >= max_pos:
+            raise ValueError(
+                f"trace {trace['id']!r} (task {trace['task']!r}): its prompt is {len(prompt)} tokens, as long as the "
+                f"model's context ({max_pos} positions) or longer, so no solution token could be scored after it; "
+                "shorten the prompt, score with a model of a longer context, or set score.long_prompt=truncate")
         full = [bos] + list(prompt) + list(solution)
         if max(full) >= n_vocab:
             raise ValueError(
@@ -128,6 +173,13 @@ def _sequences(tokenizer, traces: list[dict], window: int, max_pos: int, n_vocab
         first = max(first, 1 - solution_start)  # a scored token needs at least one token before it
         positions = np.arange(first, len(solution))
         sequences.append(_Sequence(i, full[cut:], solution_start + positions, positions))
+    if overflowing:
+        note = (f"{len(overflowing)} trace(s) have a prompt that alone fills the model's context ({max_pos} positions), "
+                f"e.g. {overflowing[0]!r}: their last solution tokens are scored without their prompt "
+                "(score.long_prompt=error refuses them)")
+        if note not in _SAID:
+            _SAID.add(note)
+            LOG.warning(note)
     return sequences
 
 
@@ -167,8 +219,8 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     """
     if cfg.window < 0:
         raise ValueError(f"score.window must be >= 0 (0 = whole solution), got {cfg.window}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"score.batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.batch_size < 0:
+        raise ValueError(f"score.batch_size must be >= 1, or 0 for auto, got {cfg.batch_size}")
     if cfg.chunk_tokens < 1:
         raise ValueError(f"score.chunk_tokens must be >= 1, got {cfg.chunk_tokens}")
     if cfg.kernel not in KERNELS:
@@ -183,11 +235,16 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
         raise ValueError(f"the model's context length is {max_pos}; scoring needs at least 2 positions")
     head = lm_head_of(model)
     n_vocab = model.get_output_embeddings().weight.shape[0]
-    device = next(model.parameters()).device
-    sequences = _sequences(tokenizer, traces, cfg.window, max_pos, n_vocab) if traces else []
+    device = input_device(model)
+    kernel, note = resolve_kernel(cfg.kernel, head, head_device(head) or device)
+    if note and note not in _SAID:  # once per process: the log of a long job says it at its start
+        _SAID.add(note)
+        LOG.warning("score.kernel=%s: %s", cfg.kernel, note)
+    sequences = _sequences(tokenizer, traces, cfg.window, max_pos, n_vocab, cfg.long_prompt) if traces else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _bos_id(tokenizer)
+    batch_size, auto_batch = resolve_batch_size(cfg, device, max((len(s.ids) for s in sequences), default=1))
     order = list(range(len(sequences)))
-    if cfg.batch_size > 1:
+    if batch_size > 1:
         order.sort(key=lambda i: -len(sequences[i].ids))
     n_logits = sum(len(s.targets) for s in sequences) * n_vocab
     packed = cfg.packing == Packing.packed or (
@@ -199,16 +256,15 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     model.eval()
     stats: dict[int, dict[str, np.ndarray]] = {}
     try:
-        batch_size = cfg.batch_size
         with tqdm(total=len(sequences), desc="score", unit="trace", disable=not progress) as bar:
             start = 0
             while start < len(order):
                 batch = [sequences[i] for i in order[start : start + batch_size]]
                 try:
                     arrays = _score_batch(model, head, batch, pad_id, device, cfg, check=start == 0, compiled=compiled,
-                                          packed=packed)
+                                          packed=packed, kernel=kernel)
                 except (torch.OutOfMemoryError, RuntimeError) as e:
-                    if not is_oom(e) or not cfg.auto_batch or batch_size == 1:
+                    if not is_oom(e) or not auto_batch or batch_size == 1:
                         raise
                     # as lm-evaluation-harness's auto batch size: halve and retry the same traces (longest first,
                     # so the first batch that fits bounds every later one)
@@ -232,11 +288,11 @@ def score_traces(model, tokenizer, traces: list[dict], cfg: ScoreConfig, progres
     else:
         tokens = pd.DataFrame({c: pd.Series(dtype=_column_dtype(c)) for c in TOKEN_COLUMNS})
     return ScoreOutput(tokens=tokens, tokens_forward=sum(len(s.ids) for s in sequences), n_traces=len(sequences),
-                       batch_size=batch_size if sequences else cfg.batch_size)
+                       batch_size=batch_size, kernel=kernel, kernel_note=note)
 
 
 def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, check: bool,
-                 compiled: bool = False, packed: bool = False) -> dict[str, np.ndarray]:
+                 compiled: bool = False, packed: bool = False, kernel: str = "torch") -> dict[str, np.ndarray]:
     """One batch through the body (right-padded rows, or ``packed`` into one padding-free row), then the LM head +
     statistics on its scored rows only."""
     if check:
@@ -269,7 +325,7 @@ def _score_batch(model, head, batch, pad_id: int, device, cfg: ScoreConfig, chec
             rows.append(hidden[row, at - 1])
             targets.append(input_ids[row, at])
     token_ids = torch.cat(targets)
-    batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, cfg.kernel, compiled)
+    batch_stats = score_hidden_states(torch.cat(rows), head, token_ids, cfg.chunk_tokens, kernel, compiled)
     arrays = {key: value.cpu().numpy() for key, value in batch_stats.items()}
     arrays["token_id"] = token_ids.cpu().numpy()
     return arrays

@@ -3,17 +3,24 @@ that reads runs back (analysis/) parses names through here.
 
 Tags (prefix ``proxy_exp.``): ``kind`` (campaign | train | score | evaluate | analyze), ``unit_id``,
 ``campaign``, ``corpus``, ``size``, ``role`` (proxy | target), ``seed``, ``train_unit`` (score / evaluate runs
-of a campaign: the training unit whose model they read), ``model_dir`` and ``preempted_at_step`` (train runs).
+of a campaign: the training unit whose model they read), ``model_dir`` and ``preempted_at_step`` (train runs),
+``step`` and ``tokens_seen`` (a score / evaluate run of one checkpoint of another run).
 
 Metrics:
 
 - ``proxy/<statistic>/<weighting>``: the 80 proxies, macro-averaged over trace tasks (:func:`proxy_key`);
   ``proxy_task/<task>/<statistic>/<weighting>``: the same per trace task (:func:`proxy_task_key`).
 - ``eval/<task>/<metric>``: direct evaluation per downstream task, ``eval/mean/<metric>`` its macro average
-  over tasks (:func:`eval_key`).
+  over tasks (:func:`eval_key`). ``<metric>`` is lm-eval's metric name for filter ``none`` and
+  ``<metric>_<filter>`` otherwise (e.g. ``exact_match_strict-match``), made MLflow-safe; ``n`` counts documents;
+  ``logprob_per_char`` is added for multiple-choice tasks; lm-eval's ``higher_is_better`` of each metric is the
+  param ``eval.higher_is_better`` (:data:`EVAL_HIGHER_IS_BETTER`).
 - ``flops/train`` (train runs: cumulative at every step, so its latest value is the run's total; score and
   evaluate runs: the compute that produced the model), ``flops/score``, ``flops/eval``.
 - ``train/loss``, ``train/lr``, ``train/tokens`` per step; ``train/final_loss``, ``train/seconds``.
+- ``data/<source>/share``, ``.../weight``, ``.../epochs``, ``.../sequences`` (train runs, step 0): each source's
+  realised share of the run's tokens, its weight, how often the budget repeats it, sequences drawn
+  (:func:`data_key`).
 - ``score/tokens_scored``, ``score/tokens_forward``, ``score/seconds``; ``eval/tokens_forward``, ``eval/seconds``.
 - ``campaign/units_run``, ``campaign/units_failed``, ``campaign/seconds`` on a campaign's parent run.
 - analysis runs: ``decision_accuracy/<method>``, ``model_selection/<method>/spearman_mean``,
@@ -37,6 +44,7 @@ PARENT_RUN_ID = "mlflow.parentRunId"
 KIND, UNIT_ID, CAMPAIGN, CORPUS, SIZE, ROLE, SEED, TRAIN_UNIT = (
     "kind", "unit_id", "campaign", "corpus", "size", "role", "seed", "train_unit")
 MODEL_DIR, PREEMPTED_AT_STEP = "model_dir", "preempted_at_step"
+STEP, TOKENS_SEEN = "step", "tokens_seen"  # a checkpoint's run: the step (and tokens seen) it was saved at
 RUN_KINDS: tuple[str, ...] = ("campaign", "train", "score", "evaluate", "analyze")
 UNIT_KINDS: tuple[str, ...] = ("train", "score", "evaluate")
 ROLES: tuple[str, ...] = ("proxy", "target")
@@ -64,6 +72,11 @@ def unit_tags(kind: str, unit_id: str, campaign: str, **extra: Any) -> dict[str,
     return tags
 
 
+def checkpoint_tags(step: int, tokens_seen: int) -> dict[str, int]:
+    """The tags of a run of one checkpoint of another run: its step and tokens seen (where known, i.e. >= 0)."""
+    return {name: value for name, value in ((STEP, step), (TOKENS_SEEN, tokens_seen)) if value >= 0}
+
+
 # ------------------------------------------------------------------------------------------------- metrics
 PROXY, PROXY_TASK, EVAL = "proxy", "proxy_task", "eval"
 MEAN = "mean"  # the pseudo-task of eval/<task>/<metric> that holds the macro average over tasks
@@ -75,6 +88,14 @@ EVAL_TOKENS_FORWARD, EVAL_SECONDS = "eval/tokens_forward", "eval/seconds"
 CAMPAIGN_UNITS_RUN, CAMPAIGN_UNITS_FAILED, CAMPAIGN_SECONDS = (
     "campaign/units_run", "campaign/units_failed", "campaign/seconds")
 N_PARAMS, N_PARAMS_NON_EMBEDDING = "n_params", "n_params_non_embedding"  # params (and train-run metrics)
+EVAL_HIGHER_IS_BETTER = "eval.higher_is_better"  # param of evaluate runs: lm-eval's direction of each metric (JSON)
+DATA = "data"  # train runs: data/<source>/<share | weight | epochs | sequences> (the realised mixture of the run)
+DATA_FIELDS: tuple[str, ...] = ("share", "weight", "epochs", "sequences")
+
+
+def data_key(source: str, what: str) -> str:
+    """MLflow metric key of the realised data of a train run: ``data/<source>/<share|weight|epochs|sequences>``."""
+    return f"{DATA}/{metric_name(source)}/{what}"
 
 
 def proxy_key(statistic: str, weighting: str) -> str:

@@ -42,6 +42,12 @@ def experiment_id(uri: str, experiment: str) -> str:
     return exp.experiment_id
 
 
+def experiment_of(uri: str, run_id: str) -> str:
+    """The name of the experiment ``run_id`` belongs to."""
+    client = _client(uri)
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
 def runs_frame(uri: str, experiment: str, filter_string: str = ""):
     """All active runs of ``experiment``, one row per run, as ``mlflow.search_runs`` gives them: columns
     ``run_id``, ``status``, ``start_time``, ..., ``metrics.*``, ``params.*``, ``tags.*``."""

@@ -11,9 +11,16 @@ runner off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: 2 processes, ~0.5 GB i
 backend store ``sqlite:///DIR/mlflow.db`` (or a PostgreSQL URI) and proxied artifacts under ``DIR/artifacts``.
 It records ``DIR/server.json`` and waits for ``GET /health``. Jobs then use ``tracking.uri=<uri>``.
 
-MLflow's security middleware rejects requests whose ``Host`` header is not allowed (403). Its default list is
-localhost and private IPs; passing ``--allowed-hosts`` to MLflow *replaces* that list, so this command passes
-MLflow's defaults plus the advertised host name plus the given names (each with and without ``:port``).
+Security: the server binds 127.0.0.1 (this machine only) unless ``--host`` says otherwise. MLflow has no
+authentication by default, so a server bound to ``0.0.0.0`` (or any address others can reach) lets anyone who can
+reach the port read, change and delete every experiment, run and artifact. Expose it only behind a firewall that
+admits the cluster's nodes, through an SSH tunnel, or with MLflow's basic-auth app (``pip install 'mlflow[auth]'``,
+``mlflow server --app-name basic-auth``; jobs then set ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``).
+
+MLflow's security middleware rejects requests whose ``Host`` header is not allowed (403), against DNS rebinding; it
+is no access control (any client can send an allowed name). Its default list is localhost and private IPs; passing
+``--allowed-hosts`` to MLflow *replaces* that list, so this command passes MLflow's defaults plus the advertised
+host name plus the given names (each with and without ``:port``).
 """
 from __future__ import annotations
 

@@ -1,16 +1,25 @@
-"""Checkpoints of a training unit: ``checkpoints/step-N`` folders that count only once their COMPLETE marker exists.
+"""Checkpoints of a training unit: ``checkpoints/step-N`` folders that count only once their COMPLETE marker exists,
+and only while their files still match the checksums the marker records.
 
 A checkpoint is saved at a step boundary by every rank (DeepSpeed), then rank 0 runs ``before_complete`` (flushing
 the metrics of the steps up to here, so a complete checkpoint always has its metrics in MLflow behind it), writes
-the marker and prunes older complete checkpoints beyond ``keep``. A half-written folder is never resumed from.
+the marker (with each file's size and sha256) and prunes older complete checkpoints beyond ``keep``. A half-written
+folder is never resumed from; a truncated or corrupt one is moved aside (``corrupt-step-N``) and the one before it
+is used. A save that fills the disk removes its partial folder and fails with one line; the checkpoints before it
+stay.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Callable
+
+from proxy_exp.errors import OutputNotWritable
+from proxy_exp.units import manifest, verify_manifest
 
 COMPLETE = "COMPLETE"
 
@@ -22,10 +31,24 @@ def _complete_steps(ckpt_root: str) -> list[int]:
                   if d.startswith("step-") and os.path.exists(os.path.join(ckpt_root, d, COMPLETE)))
 
 
+def _intact(ckpt_root: str, step: int) -> str:
+    """"" when checkpoint ``step`` matches its marker's checksums (markers without them are trusted), else why."""
+    folder = os.path.join(ckpt_root, f"step-{step}")
+    with open(os.path.join(folder, COMPLETE)) as f:
+        files = json.load(f).get("files")
+    return verify_manifest(folder, files) if files else ""
+
+
 def latest_checkpoint(ckpt_root: str) -> int | None:
-    """The step of the newest complete checkpoint, or None."""
-    steps = _complete_steps(ckpt_root)
-    return steps[-1] if steps else None
+    """The step of the newest complete and intact checkpoint, or None; damaged ones are moved aside."""
+    for step in reversed(_complete_steps(ckpt_root)):
+        problem = _intact(ckpt_root, step)
+        if not problem:
+            return step
+        print(f"[proxy-exp] checkpoint step-{step} in {ckpt_root} is damaged ({problem}): not used; moved to "
+              f"corrupt-step-{step}, resuming from the one before it", file=sys.stderr, flush=True)
+        os.replace(os.path.join(ckpt_root, f"step-{step}"), os.path.join(ckpt_root, f"corrupt-step-{step}"))
+    return None
 
 
 def prune_checkpoints(ckpt_root: str, keep: int) -> None:
@@ -34,25 +57,45 @@ def prune_checkpoints(ckpt_root: str, keep: int) -> None:
         shutil.rmtree(os.path.join(ckpt_root, f"step-{s}"), ignore_errors=True)
 
 
+def _disk_full(e: BaseException) -> bool:
+    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e) or (
+        "file write failed" in str(e))  # torch.save's zip writer on a full disk
+
+
 def save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int,
                     before_complete: Callable[[], None] | None = None) -> None:
     """Save the engine's state at step ``step``; rank 0 marks it COMPLETE (after ``before_complete``) and prunes."""
     import torch.distributed as tdist
 
     tag = f"step-{step}"
-    engine.save_checkpoint(ckpt_root, tag=tag, client_state={"step": step, "universal_checkpoint_info": {}})
+    folder = os.path.join(ckpt_root, tag)
+    try:
+        engine.save_checkpoint(ckpt_root, tag=tag, client_state={"step": step, "universal_checkpoint_info": {}})
+    except (OSError, RuntimeError) as e:
+        if not _disk_full(e):
+            raise
+        shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint: never resumed from, and it frees space
+        kept = [f"step-{s}" for s in _complete_steps(ckpt_root)]
+        raise OutputNotWritable(
+            f"the disk is full saving checkpoint {tag} in {ckpt_root} ({shutil.disk_usage(ckpt_root).free >> 20} MiB "
+            f"free): the partial checkpoint was removed; complete checkpoints kept: {', '.join(kept) or 'none'}. Free "
+            "space (or raise pretrain.keep_checkpoints' budget elsewhere), then rerun: it resumes from the last one"
+        ) from None
     if tdist.is_initialized():
         tdist.barrier()
     if is_main:
         if before_complete is not None:
             before_complete()
-        with open(os.path.join(ckpt_root, tag, COMPLETE), "w") as f:
-            f.write(json.dumps({"step": step, "time": time.time()}))
+        record = {"step": step, "time": time.time(), "files": manifest(folder, skip=(COMPLETE,))}
+        tmp = os.path.join(folder, f"{COMPLETE}.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, os.path.join(folder, COMPLETE))
         prune_checkpoints(ckpt_root, keep)
 
 
 def resume(engine, ckpt_root: str) -> int:
-    """Load the newest complete checkpoint into ``engine``; returns the step to continue from (0: none)."""
+    """Load the newest complete, intact checkpoint into ``engine``; returns the step to continue from (0: none)."""
     latest = latest_checkpoint(ckpt_root)
     if latest is None:
         return 0

@@ -8,6 +8,7 @@ when called again.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import torch
 from proxy_exp import units
 from proxy_exp.compute import train_flops_per_token
 from proxy_exp.config import TrainJobConfig, resolve_root
+from proxy_exp.devices import TrainDevicePlan, train_device_plan
 from proxy_exp.distributed import DistEnv, dist_env, init_deepspeed_distributed
 from proxy_exp.models import MODEL_RECORD
 from proxy_exp.tracking import Run, keys
@@ -42,6 +44,7 @@ class TrainResult:
     run_id: str
     seconds: float
     stopped: bool = False  # True when the run stopped early (stop_after_steps) and must be resumed
+    device: str = ""  # where it trained: cpu, or cuda:<local rank> of rank 0
 
 
 def default_unit_id(cfg: TrainJobConfig) -> str:
@@ -50,26 +53,47 @@ def default_unit_id(cfg: TrainJobConfig) -> str:
 
 
 def _prepare_data(cfg: TrainJobConfig, env: DistEnv, cache: str, progress: bool):
-    """The shared tokenizer, the plan and the packed corpus: rank 0 builds them, the other ranks read its caches."""
+    """The shared tokenizer, the plan and the run's data (:class:`proxy_exp.data.mixture.TrainData`): the token
+    shards its tokenize units wrote (rank 0 writes any that are missing, e.g. for a standalone proxy-train; the other
+    ranks read its caches). A budget that repeats a source past its max_epochs warns, or fails with
+    ``corpus.repeat_policy=fail``."""
+    import sys
+
     import torch.distributed as tdist
 
-    from proxy_exp.data.packing import pack_corpus
+    from proxy_exp.data.mixture import open_train_data, repeat_problems
     from proxy_exp.data.tokenizer import build_tokenizer
 
     tok_corpora = dict(cfg.tokenizer_corpora) or {cfg.corpus.name: cfg.corpus}
     if not env.is_main:
         tdist.barrier()
-    tokenizer, tok_dir = build_tokenizer(cfg.tokenizer, tok_corpora, cache)
+    tokenizer, tok_dir = build_tokenizer(cfg.tokenizer, tok_corpora, cache, progress=progress and env.is_main)
     plan = plan_training(cfg, len(tokenizer), env.world_size)
-    packed = pack_corpus(cfg.corpus, tokenizer, tok_dir, cfg.pretrain.seq_len, cache,
-                         max_tokens=plan.pack_tokens(cfg.pretrain.seq_len), progress=progress and env.is_main)
+    packed = open_train_data(cfg.corpus, tokenizer, tok_dir, cfg.pretrain.seq_len, cache, cfg.seed,
+                             cfg.pretrain.global_batch, plan.steps, cfg.tokenize, progress=progress and env.is_main,
+                             tokenize_missing=env.is_main)
     if env.is_main:
         tdist.barrier()
+    problems = repeat_problems(cfg.corpus.name, packed.shares())
+    if problems and str(cfg.corpus.repeat_policy) == "fail":
+        raise ValueError(problems[0] + " (corpus.repeat_policy=fail)")
+    if env.is_main:
+        for line in problems:
+            print(f"warning: {line}", file=sys.stderr)
     return tokenizer, plan, packed
 
 
+def _data_metrics(packed) -> dict[str, float]:
+    """The realised mixture of the run: each source's share of its tokens, weight, epochs and sequences drawn."""
+    out: dict[str, float] = {}
+    for s in packed.shares():
+        out |= {keys.data_key(s.source, "share"): s.share, keys.data_key(s.source, "weight"): s.weight,
+                keys.data_key(s.source, "epochs"): s.epochs, keys.data_key(s.source, "sequences"): s.sequences}
+    return out
+
+
 def _open_run(cfg: TrainJobConfig, root: str, udir: str, unit_id: str, resumed: bool, counts, plan: TrainPlan,
-              env: DistEnv, packed) -> Run:
+              env: DistEnv, dplan: TrainDevicePlan, packed) -> Run:
     """The unit's MLflow run: a new one, or (when resuming) the one its first attempt opened."""
     run_id_file = os.path.join(udir, "mlflow_run_id")
     prev = open(run_id_file).read().strip() if os.path.exists(run_id_file) and resumed else ""
@@ -82,13 +106,14 @@ def _open_run(cfg: TrainJobConfig, root: str, udir: str, unit_id: str, resumed: 
     run.log_params(keys.flat_params(cfg.model, "model") | keys.flat_params(cfg.pretrain, "pretrain")
                    | keys.flat_params(cfg.corpus, "corpus") | keys.flat_params(cfg.tokenizer, "tokenizer")
                    | {"seed": cfg.seed, **param_record(counts), "steps": plan.steps, "tokens": plan.tokens,
-                      "world_size": env.world_size, "unit_dir": udir, "packed_sequences": packed.num_sequences})
+                      "world_size": env.world_size, "unit_dir": udir, "packed_sequences": packed.num_sequences,
+                      "device": dplan.accelerator, "gpus_per_node_resolved": dplan.gpus_per_node, "bf16": dplan.bf16})
     return run
 
 
 def _save_model(engine, tokenizer, model_dir: str, record: dict) -> None:
     """The trained model as an HF folder with its tokenizer and :data:`MODEL_RECORD` (tmp name, then rename)."""
-    tmp = model_dir + ".tmp"
+    tmp = f"{model_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     engine.module.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -99,13 +124,30 @@ def _save_model(engine, tokenizer, model_dir: str, record: dict) -> None:
 
 
 def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
-    """Pretrain one model on one corpus; resumes from the unit's latest complete checkpoint."""
-    t0 = time.time()
+    """Pretrain one model on one corpus; resumes from the unit's latest complete checkpoint.
+
+    A single-process unit holds its lock while it runs (two campaigns that share it run it once); a unit that fails
+    records why (``FAILED.json``, shown by ``proxy-campaign action=status``)."""
     root = resolve_root(cfg.paths)
     unit_id = default_unit_id(cfg)
     done = units.read_done(root, unit_id)
     if done is not None:
         return TrainResult(**done)
+    single = int(os.environ.get("SLURM_NTASKS", "1")) <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ
+    with units.unit_lock(root, unit_id) if single else contextlib.nullcontext():
+        done = units.read_done(root, unit_id) if single else None  # finished by another process meanwhile?
+        if done is not None:
+            return TrainResult(**done)
+        try:
+            return _train(cfg, progress, root, unit_id)
+        except Exception as e:
+            lines = str(e).strip().splitlines()
+            units.write_failed(root, unit_id, f"{type(e).__name__}: {lines[0] if lines else ''}"[:2000])
+            raise
+
+
+def _train(cfg: TrainJobConfig, progress: bool, root: str, unit_id: str) -> TrainResult:
+    t0 = time.time()
     udir = units.unit_dir(root, unit_id)
     os.makedirs(udir, exist_ok=True)
     ckpt_root = os.path.join(udir, "checkpoints")
@@ -114,17 +156,19 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
     torch.set_num_threads(max(1, p.num_threads))
 
     env = dist_env()
-    use_cuda = torch.cuda.is_available() and p.gpus_per_node != 0
-    init_deepspeed_distributed("nccl" if use_cuda else "gloo")
+    dplan = train_device_plan(p, local_ranks=env.local_world_size)  # before DeepSpeed is imported
+    init_deepspeed_distributed(dplan.backend)
     import torch.distributed as tdist
 
     tokenizer, plan, packed = _prepare_data(cfg, env, cache, progress)
-    device = torch.device(f"cuda:{env.local_rank}") if use_cuda else torch.device("cpu")
-    if use_cuda:
+    device = dplan.device(env.local_rank)
+    if dplan.on_gpu:
         torch.cuda.set_device(device)
-    engine, scheduler, counts = build_engine(cfg, plan, tokenizer, device)
+    engine, scheduler, counts = build_engine(cfg, plan, tokenizer, device, dplan.bf16)
     start_step = resume(engine, ckpt_root)
-    run = _open_run(cfg, root, udir, unit_id, start_step > 0, counts, plan, env, packed) if env.is_main else None
+    run = _open_run(cfg, root, udir, unit_id, start_step > 0, counts, plan, env, dplan, packed) if env.is_main else None
+    if run is not None:
+        run.log_metrics(_data_metrics(packed), step=0)
     in_loop = InLoopMetrics(cfg, tokenizer, cache, plan.steps) if env.is_main and InLoopMetrics.wanted(cfg) else None
     fpt = train_flops_per_token(counts.non_embedding, cfg.model.n_layers, cfg.model.d_model, p.seq_len)
     outcome = run_steps(engine, scheduler, packed, plan, cfg, env, device, start_step, ckpt_root, fpt, run, in_loop,
@@ -149,7 +193,8 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
     result = TrainResult(unit_id=unit_id, model_dir=model_dir, final_loss=outcome.last_loss,
                          tokens=outcome.stop_at * plan.tokens_per_step, steps=outcome.stop_at, flops=flops,
                          n_params=counts.total, n_params_non_embedding=counts.non_embedding,
-                         run_id=run.run_id if run else "", seconds=time.time() - t0, stopped=stopped)
+                         run_id=run.run_id if run else "", seconds=time.time() - t0, stopped=stopped,
+                         device=str(device))
     if run is not None:
         if stopped:
             run.end("KILLED")

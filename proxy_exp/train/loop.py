@@ -1,19 +1,21 @@
 """The DeepSpeed engine of a training unit and its step loop.
 
-The batch of a step is a pure function of (seed, step) (:func:`proxy_exp.data.packing.batch_indices`), so a
-resumed run sees exactly the data an uninterrupted one does. Metrics are buffered and sent to MLflow when a
-checkpoint is saved, just before its COMPLETE marker (and at the end): a run interrupted before the marker resumes
+The batch of a step is a pure function of (seed, step) (:class:`proxy_exp.data.mixture.TrainData`), so a
+resumed run sees exactly the data an uninterrupted one does; each rank reads only its rows, two steps ahead.
+Metrics are buffered and sent to MLflow when a checkpoint is saved, just before its COMPLETE marker (and at the end): a run interrupted before the marker resumes
 from the previous checkpoint and recomputes those steps, and a resumed run never sends a step its MLflow run
 already holds, so the loss curve has neither gaps nor duplicated steps wherever the interruption falls.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from proxy_exp.config import Precision, TrainJobConfig
+from proxy_exp.config import TrainJobConfig
 from proxy_exp.distributed import DistEnv
+from proxy_exp.errors import TrainingDiverged
 from proxy_exp.models import ParamCounts, build_model, count_params
 from proxy_exp.tracking import Run, keys
 from proxy_exp.train.checkpoint import save_checkpoint
@@ -21,9 +23,10 @@ from proxy_exp.train.plan import TrainPlan, lr_lambda
 from proxy_exp.train.preemption import PreemptionFlag
 
 
-def build_engine(cfg: TrainJobConfig, plan: TrainPlan, tokenizer, device: torch.device):
-    """The freshly initialised model (seeded by ``cfg.seed``) inside a DeepSpeed engine with AdamW (fused on CUDA)
-    and the warm-up + cosine schedule; returns ``(engine, scheduler, param counts)``."""
+def build_engine(cfg: TrainJobConfig, plan: TrainPlan, tokenizer, device: torch.device, bf16: bool = False):
+    """The freshly initialised model (seeded by ``cfg.seed``, fp32 master weights) inside a DeepSpeed engine with
+    AdamW (fused on CUDA), bf16 compute when ``bf16``, and the warm-up + cosine schedule; returns
+    ``(engine, scheduler, param counts)``."""
     import deepspeed
 
     p = cfg.pretrain
@@ -31,7 +34,6 @@ def build_engine(cfg: TrainJobConfig, plan: TrainPlan, tokenizer, device: torch.
     model = build_model(cfg.model, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
                         tokenizer.pad_token_id, seed=cfg.seed)
     counts = count_params(model)
-    bf16 = p.precision == Precision.bf16 or (p.precision == Precision.auto and use_cuda)
     # a torch optimizer: no DeepSpeed C++ op to JIT-compile; on CUDA its fused (single-kernel) implementation
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=tuple(p.betas), eps=1e-8,
                                   weight_decay=p.weight_decay, fused=bool(use_cuda))
@@ -82,18 +84,17 @@ def run_steps(engine, scheduler, packed, plan: TrainPlan, cfg: TrainJobConfig, e
 
         bar = tqdm(total=plan.steps, initial=start_step, desc=f"train {cfg.corpus.name}/{cfg.model.name}",
                    unit="step", dynamic_ncols=True)
-    from proxy_exp.data.packing import batch_indices
-
     outcome = LoopOutcome(stop_at=stop_at, last_loss=float("nan"))
     engine.train()
+    # this rank's rows of each step's global batch, read from the token shards two steps ahead
+    batches = packed.prefetch(range(start_step, stop_at), env.rank * per_rank, (env.rank + 1) * per_rank)
     try:
         with PreemptionFlag(p.preempt_signal) as flag:
             for step in range(start_step, stop_at):
-                idx = batch_indices(packed.num_sequences, step, p.global_batch, cfg.seed)
-                mine = idx[env.rank * per_rank:(env.rank + 1) * per_rank]
+                mine = next(batches)
                 losses = []
                 for m in range(plan.gradient_accumulation):
-                    x = torch.from_numpy(packed.get_batch(mine[m * p.micro_batch:(m + 1) * p.micro_batch])).to(device)
+                    x = torch.from_numpy(mine[m * p.micro_batch:(m + 1) * p.micro_batch]).to(device)
                     out = engine(input_ids=x, labels=x)
                     engine.backward(out.loss)
                     engine.step()
@@ -104,6 +105,15 @@ def run_steps(engine, scheduler, packed, plan: TrainPlan, cfg: TrainJobConfig, e
                     loss = loss / env.world_size
                 outcome.last_loss = float(loss)
                 done_steps = step + 1
+                if not math.isfinite(outcome.last_loss):  # every rank sees the same all-reduced loss
+                    from proxy_exp.train.checkpoint import latest_checkpoint
+
+                    last = latest_checkpoint(ckpt_root)
+                    raise TrainingDiverged(
+                        f"train/loss is {outcome.last_loss} at step {done_steps} of {cfg.corpus.name}/{cfg.model.name} "
+                        f"seed {cfg.seed}: training stopped, no checkpoint saved at this step (the last good one is "
+                        f"{'step-' + str(last) if last else 'none'}); lower pretrain.lr (now {p.lr}) or raise "
+                        f"pretrain.warmup_frac, or set pretrain.grad_clip, then rerun")
                 if run is not None:
                     tokens = done_steps * plan.tokens_per_step
                     run.log_metrics({keys.TRAIN_LOSS: outcome.last_loss, keys.TRAIN_LR: scheduler.get_last_lr()[0],
@@ -116,19 +126,24 @@ def run_steps(engine, scheduler, packed, plan: TrainPlan, cfg: TrainJobConfig, e
                     bar.update(1)
                     bar.set_postfix(loss=f"{outcome.last_loss:.3f}")
                 is_last = done_steps == stop_at
-                preempt = not is_last and flag.agreed(env.world_size)
+                preempt = not is_last and flag.agreed(env.world_size, device)
                 if (p.checkpoint_every and done_steps % p.checkpoint_every == 0) or is_last or preempt:
                     save_checkpoint(engine, ckpt_root, done_steps, env.is_main, p.keep_checkpoints,
                                     before_complete=run.flush if run is not None else None)
                 if preempt:
                     outcome.preempted_at = outcome.stop_at = done_steps
                     break
-    except BaseException:
+    except BaseException as e:
         if run is not None:
             run.discard_unflushed()  # steps after the last checkpoint are recomputed on resume
-            run.end("FAILED")
+            try:
+                run.set_tags({keys.tag("failure"): f"{type(e).__name__}: {e}"[:4000]})
+                run.end("FAILED")
+            except Exception:  # noqa: BLE001 (a tracking error must not hide the job's own)
+                pass
         raise
     finally:
+        batches.close()
         if bar is not None:
             bar.close()
     return outcome

@@ -39,13 +39,14 @@ class PreemptionFlag:
         if self._previous is not None:
             signal.signal(self.signum, self._previous)
 
-    def agreed(self, world_size: int) -> bool:
-        """Whether any rank got the signal (one all-reduce when several ranks train)."""
+    def agreed(self, world_size: int, device: torch.device | str = "cpu") -> bool:
+        """Whether any rank got the signal (one all-reduce when several ranks train). ``device``: where the
+        process group reduces (a CUDA tensor under NCCL, which refuses CPU tensors)."""
         if world_size == 1:
             return self.requested
         import torch.distributed as tdist
 
-        t = torch.tensor([1.0 if self.requested else 0.0])
+        t = torch.tensor([1.0 if self.requested else 0.0], device=device)
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item() > 0)
 

@@ -80,3 +80,41 @@ def test_truth_spread_against_seed_noise():
     noisy = pd.DataFrame({0: [1.0, 1.5, 1.1], 1: [1.6, 1.0, 1.4]}, index=["a", "b", "c"])
     assert "; 0% of corpus pairs" in truth_spread_note(noisy)
     assert "seed noise not measured" in truth_spread_note(clear[[0]])
+
+
+def test_truth_metric_and_its_direction():
+    """Any logged eval/mean/<metric> can be the truth; its direction comes from the evaluate runs (lm-eval's
+    higher_is_better, param eval.higher_is_better), else from lm-eval's metric registry (noted), else an error."""
+    import json
+
+    from analysis.campaign_report import truth_direction_from_runs
+    from proxy_exp.evaluate.metrics import HIGHER_IS_BETTER_PARAM
+
+    recs = synthetic_records(CORPORA, [0], [0])
+    for r in recs:  # a lower-is-better truth: bits per byte falls as logprob_per_char rises (c0 best either way)
+        if "eval/mean/logprob_per_char" in r["metrics"]:
+            r["metrics"]["eval/mean/bits_per_byte"] = -r["metrics"]["eval/mean/logprob_per_char"]
+            r["metrics"]["eval/mean/my_score"] = 1.0
+    runs = as_mlflow_frame(recs)
+    frame = campaign_frame(runs)
+    evaluate = runs["tags.proxy_exp.kind"] == "evaluate"
+    runs.loc[evaluate, "params." + HIGHER_IS_BETTER_PARAM] = json.dumps({"bits_per_byte": False, "acc": True})
+    assert truth_direction_from_runs(runs, "bits_per_byte") is False
+    assert truth_direction_from_runs(runs, "acc") is True and truth_direction_from_runs(runs, "my_score") is None
+
+    def accuracy(report):
+        return report.methods.set_index(["method", "size"]).loc[("top5/freq", "xs"), "decision_accuracy"]
+
+    right = campaign_decisions(frame, truth_metric="bits_per_byte", n_boot=20,
+                               truth_higher_is_better=truth_direction_from_runs(runs, "bits_per_byte"))
+    assert accuracy(right) == pytest.approx(1.0) and right.table["truth_rank"].tolist() == [1, 2, 3, 4, 5]
+    assert "lower is better" in right.summary_text()
+    wrong = campaign_decisions(frame, truth_metric="bits_per_byte", n_boot=20, truth_higher_is_better=True)
+    assert accuracy(wrong) == pytest.approx(0.0)  # the direction matters: reading it wrongly reverses every pair
+    fallback = campaign_decisions(frame, truth_metric="bits_per_byte", n_boot=20)  # runs that logged no direction
+    assert accuracy(fallback) == pytest.approx(1.0) and any("lm-eval's metric registry" in n for n in fallback.notes)
+    with pytest.raises(ValueError, match="whether a higher my_score is better is unknown"):
+        campaign_decisions(frame, truth_metric="my_score", n_boot=20)
+    runs.loc[runs.index[evaluate][0], "params." + HIGHER_IS_BETTER_PARAM] = json.dumps({"bits_per_byte": True})
+    with pytest.raises(ValueError, match="disagree"):
+        truth_direction_from_runs(runs, "bits_per_byte")

@@ -4,6 +4,8 @@ MLflow store and turned into the model-selection and forecast reports (library a
 The values are planted (so the expected outcome is known), the store, the runs and the entry point are real.
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from analysis.population import OVERALL, model_selection_report, population_from
 from analysis.runs import load_runs
 from proxy_exp import tracking
 from proxy_exp.config import STATISTICS, TrackingConfig, WEIGHTINGS
+from proxy_exp.evaluate.metrics import HIGHER_IS_BETTER_PARAM
 from tests.helpers import run_cli
 
 EXP = "pop"
@@ -28,6 +31,24 @@ def _proxies(rng, quality: float, informative: str) -> dict:
         for w in WEIGHTINGS:
             out[f"{s}/{w}"] = float(rng.normal())
     out[informative] = float(quality)
+    return out
+
+
+GEN_TASKS = ["gsm8k", "minerva_math", "drop"]  # generative downstream tasks (lm-eval names), beside DOWN_TASKS
+# the evaluate runs' eval.higher_is_better param, as proxy-eval logs it from lm-eval's higher_is_better
+DIRECTIONS = json.dumps({"acc": True, "logprob_per_char": True, "exact_match_strict-match": True,
+                         "exact_match_flexible-extract": True, "bits_per_byte": False})
+
+
+def _generative_metrics(rng, quality: float) -> dict:
+    """eval/<task>/exact_match_strict-match (follows quality), exact_match_flexible-extract (noise) and a
+    lower-is-better bits_per_byte (falls with quality) on the generative tasks."""
+    out = {}
+    for t in GEN_TASKS:
+        out[f"eval/{t}/exact_match_strict-match"] = 0.1 + 0.05 * quality + rng.normal(0, 0.005)
+        out[f"eval/{t}/exact_match_flexible-extract"] = float(rng.uniform())
+        out[f"eval/{t}/bits_per_byte"] = 2.0 - 0.1 * quality + rng.normal(0, 0.005)
+        out[f"eval/{t}/n"] = 50.0
     return out
 
 
@@ -55,6 +76,7 @@ def _build_store(root):
     included, is noise.
     """
     rng = np.random.default_rng(7)
+    gen_rng = np.random.default_rng(11)  # the generative metrics' own noise: the other values stay as they were
     quality = rng.permutation(N_MODELS).astype(float)
     for m in range(N_MODELS):
         ref = f"/models/m{m}/model"
@@ -69,8 +91,9 @@ def _build_store(root):
         ev = {f"eval/{t}/logprob_per_char": quality[m] + rng.normal(0, 0.1) for t in DOWN_TASKS}
         ev.update({f"eval/{t}/acc": 0.25 + 0.01 * quality[m] for t in DOWN_TASKS})
         ev["eval/mean/logprob_per_char"] = float(np.mean([ev[f"eval/{t}/logprob_per_char"] for t in DOWN_TASKS]))
+        ev.update(_generative_metrics(gen_rng, quality[m]))
         _log(root, f"evaluate m{m}", tracking.unit_tags("evaluate", f"e{m}", ""),
-             {"model.path": ref, "model.ref": ref, "evaluate.limit": 100}, ev)
+             {"model.path": ref, "model.ref": ref, "evaluate.limit": 100, HIGHER_IS_BETTER_PARAM: DIRECTIONS}, ev)
     # a newer score run of model 0 (same traces, another set name): filtered out by traces=mini, else the latest wins
     _log(root, "score m0 again", tracking.unit_tags("score", "s0b", ""),
          {"model.path": "/models/m0/model", "model.ref": "/models/m0/model", "traces.name": "rerun",
@@ -148,6 +171,57 @@ def test_truth_from_csv_and_its_errors(store, tmp_path):
         population_from_runs(_runs(root), traces="mini", truth_csv=str(tmp_path / "nope.csv"))
     with pytest.raises(ValueError, match="eval/<task>/bpb"):
         population_from_runs(_runs(root), traces="mini", truth_metric="bpb")
+
+
+def test_generative_truth_metric(store):
+    """Truth from a generative metric (exact match with a regex filter), and from a lower-is-better one, which the
+    runs' logged direction turns so that higher = better; an unknown metric lists the logged ones."""
+    root, quality = store
+    runs = _runs(root)
+    pop = population_from_runs(runs, truth_metric="exact_match_strict-match", traces="mini")
+    assert sorted(pop.truth["task"].unique()) == sorted(GEN_TASKS)  # the multiple-choice tasks do not report it
+    assert pop.task_map == {"drop": OVERALL, "gsm8k": "gsm8k", "minerva_math": OVERALL}  # gsm8k is a trace task too
+    ev = runs[runs["tags.proxy_exp.kind"] == "evaluate"].set_index("params.model.ref")
+    truth = pop.truth.set_index(["model", "task"])["score"]
+    for m in range(N_MODELS):
+        assert truth[(f"m{m}", "drop")] == ev.loc[f"/models/m{m}/model", "metrics.eval/drop/exact_match_strict-match"]
+    pop = population_from_runs(runs, truth_metric="exact_match_strict-match", traces="mini",
+                               task_map={"gsm8k": OVERALL})  # the overall proxies, where top1/uniform is planted
+    table, _ = model_selection_report(pop.proxies, pop.truth, n_boot=50)
+    assert table.set_index("method").loc["single best", "spearman_mean"] > 0.9
+
+    bpb = population_from_runs(runs, truth_metric="bits_per_byte", traces="mini", task_map={"gsm8k": OVERALL})
+    flipped = bpb.truth.set_index(["model", "task"])["score"]
+    assert flipped[("m3", "drop")] == -ev.loc["/models/m3/model", "metrics.eval/drop/bits_per_byte"]
+    assert any("lower-is-better" in n and "negated" in n for n in bpb.notes)
+    table, _ = model_selection_report(bpb.proxies, bpb.truth, n_boot=50)
+    assert table.set_index("method").loc["single best", "spearman_mean"] > 0.9  # not -0.9: the direction was used
+
+    with pytest.raises(ValueError, match=r"eval/<task>/exact_match;.*log acc, bits_per_byte, exact_match_flexible-"
+                                         r"extract, exact_match_strict-match, logprob_per_char: set "
+                                         r"analysis.truth_metric"):
+        population_from_runs(runs, truth_metric="exact_match", traces="mini")
+
+
+def test_truth_direction_and_evaluate_settings(store, tmp_path):
+    """Runs logged before eval.higher_is_better: lm-eval's registry gives the direction (noted); runs of a model
+    evaluated differently (another num_fewshot) are refused."""
+    from analysis.population import truth_direction
+
+    root, _ = store
+    runs = _runs(root)
+    old = runs.drop(columns=["params." + HIGHER_IS_BETTER_PARAM])
+    higher, note = truth_direction(old, "bits_per_byte")
+    assert higher is False and "lm-eval's metric registry" in note and "negated" in note
+    assert truth_direction(old, "exact_match_strict-match")[0] is True
+    with pytest.raises(ValueError, match="whether a higher my_score is better is unknown"):
+        truth_direction(old, "my_score")
+    mixed = runs.copy()
+    mixed["params.evaluate.num_fewshot"] = None
+    first = mixed.index[mixed["tags.proxy_exp.kind"] == "evaluate"][0]
+    mixed.loc[first, "params.evaluate.num_fewshot"] = "5"
+    with pytest.raises(ValueError, match=r"differ in evaluate.num_fewshot.*analysis.filter"):
+        population_from_runs(mixed, truth_metric="exact_match_strict-match", traces="mini")
 
 
 def _analyze(root, out, *extra, ok=True):

@@ -95,7 +95,7 @@ def test_rerun_redoes_nothing(campaign):
     root, _ = campaign
     before = {k: len(_runs(root, k)) for k in ("train", "score", "evaluate")}
     r = _run(root)
-    assert "15 already done, 0 to run" in r.stdout
+    assert "19 already done, 0 to run" in r.stdout  # 1 bpe + 3 tokenize + 15 model units
     assert {k: len(_runs(root, k)) for k in before} == before
 
 
@@ -103,7 +103,7 @@ def test_second_campaign_shares_units(campaign):
     root, _ = campaign
     before = {k: len(_runs(root, k)) for k in ("train", "score", "evaluate")}
     r = _run(root, "campaign.name=tiny_b", "campaign.evaluate_proxies=false")
-    assert "12 units, 12 already done, 0 to run" in r.stdout
+    assert "16 units, 16 already done, 0 to run" in r.stdout
     assert {k: len(_runs(root, k)) for k in before} == before
     assert len(_runs(root, "campaign")) == 2
 

@@ -51,24 +51,56 @@ CAMPAIGN = ["campaign=tiny", "executor=slurm_local", "tokenizer.vocab_size=512",
 CAMPAIGN += [f"campaign.corpora.{c}.max_bytes=200000" for c in ("python_code", "shakespeare", "wikipedia")]
 
 
-def test_campaign_non_blocking_failed_and_cancelled_units_rerun(slurm_cluster, tmp_path, compose_cfg):
+def test_campaign_with_a_failed_a_killed_and_a_vanished_unit(slurm_cluster, tmp_path, compose_cfg):
+    """A campaign submits and returns at once. One unit fails (an exception), one is killed (SIGKILL while it runs),
+    one's Slurm job disappears (Slurm has no record of it): the others finish, status names all three with the
+    reason, and a rerun submits only those three."""
     import launchers.app as app
     from launchers.plan import plan_campaign
     from proxy_exp.config import CampaignJobConfig
 
     overrides = CAMPAIGN + [f"paths.root={tmp_path}"]
     plan = plan_campaign(app.to_job(compose_cfg("campaign", overrides), CampaignJobConfig))
-    fail = next(u for u in plan if u.kind == "score")
-    cancel = next(u for u in plan if u.kind == "evaluate" and u.role == "target")
+    leaves = [u for u in plan if u.kind in ("score", "evaluate")]
+    fail, kill, vanish = leaves[0], next(u for u in leaves if u.kind == "evaluate"), leaves[-1]
+    assert len({fail.id, kill.id, vanish.id}) == 3
 
     t0 = time.time()
     r = _cli("proxy-campaign", *overrides, env={**ENV, "PROXY_EXP_FAIL_UNITS": fail.id})
     assert time.time() - t0 < 120  # submits and returns; it does not wait for the units
     assert f"submitted {len(plan)} unit(s)" in r.stdout
-    job_ids = {line.split()[1] for line in r.stdout.splitlines() if line.strip().startswith("job ")}
-    assert len(job_ids) == len(plan)
-    jobs = json.load(open(glob.glob(f"{tmp_path}/campaigns/*/slurm_jobs.json")[0]))
-    subprocess.run(["scancel", jobs[cancel.id]["job_id"]], check=True)
+    jobs_file = glob.glob(f"{tmp_path}/campaigns/*/slurm_jobs.json")[0]
+    jobs = json.load(open(jobs_file))
+    # the vanished one: its job cancelled before it starts and its record pointing at a job Slurm never ran
+    subprocess.run(["scancel", jobs[vanish.id]["job_id"]], check=True)
+    jobs[vanish.id] |= {"job_id": "99999", "submitted": time.time() - 3600}
+    with open(jobs_file, "w") as f:
+        json.dump(jobs, f)
+
+    def running(job_id):
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+        return out.stdout.strip() == "RUNNING"
+
+    wait_for(lambda: running(jobs[kill.id]["job_id"]), 600, "the unit to kill to start")
+
+    def python_pids():  # the unit's own Python process on its node (as the OOM killer would find it)
+        import psutil
+
+        job = jobs[kill.id]["job_id"].encode()
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if "submitit.core._submit" in " ".join(proc.info["cmdline"] or []) and (
+                        f"SLURM_JOB_ID={job.decode()}" in proc.environ().get("SLURM_JOB_ID", "") or
+                        proc.environ().get("SLURM_JOB_ID") == job.decode()):
+                    found.append(proc.info["pid"])
+            except psutil.Error:
+                continue
+        return found
+
+    wait_for(lambda: bool(python_pids()), 120, "the unit's Python process")
+    for pid in python_pids():
+        os.kill(pid, 9)
 
     def settled():
         out = _cli("proxy-campaign", *overrides, "action=status").stdout
@@ -76,17 +108,18 @@ def test_campaign_non_blocking_failed_and_cancelled_units_rerun(slurm_cluster, t
 
     wait_for(settled, 900, "the campaign's units to finish")
     status = _cli("proxy-campaign", *overrides, "action=status").stdout
-    lines = {line.split()[0]: [] for line in status.splitlines()}
-    failed = [line for line in status.splitlines() if line.startswith("failed")]
-    cancelled = [line for line in status.splitlines() if line.startswith("cancelled")]
-    assert len(failed) == 1 and fail.id in failed[0] and "log " in failed[0], status
-    assert len(cancelled) == 1 and cancel.id in cancelled[0], status
-    assert f"{len(plan) - 2} done" in status, lines
-    log = failed[0].split("log ")[1].strip()
+    by_unit = {u.id: next(line for line in status.splitlines() if u.id in line) for u in (fail, kill, vanish)}
+    assert by_unit[fail.id].startswith("failed") and "reason: RuntimeError: failure injected" in by_unit[fail.id], status
+    acct = subprocess.run(["sacct", "-j", jobs[kill.id]["job_id"], "-n", "-P", "-o", "JobID,State,ExitCode,DerivedExitCode"],
+                          capture_output=True, text=True).stdout
+    assert by_unit[kill.id].startswith("failed") and "reason: killed by signal 9" in by_unit[kill.id], status + acct
+    assert by_unit[vanish.id].startswith("vanished") and "unknown to Slurm" in by_unit[vanish.id], status
+    assert f"{len(plan) - 3} done" in status, status
+    log = by_unit[fail.id].split("log ")[1].strip()
     assert "failure injected" in open(log).read()
 
-    r = _cli("proxy-campaign", *overrides)  # rerun: only the two
-    assert "submitted 2 unit(s)" in r.stdout, r.stdout
+    r = _cli("proxy-campaign", *overrides)  # rerun: only the three
+    assert "submitted 3 unit(s)" in r.stdout, r.stdout
     wait_for(settled, 600, "the resubmitted units")
     r = _cli("proxy-campaign", *overrides, "action=collect")
     assert f"{len(plan)} done" in r.stdout and "decision accuracy" in r.stdout.lower()

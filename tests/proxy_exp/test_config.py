@@ -100,7 +100,7 @@ def test_cli_dry_runs_print_plan(tmp_path, compose_cfg):
     r = run_cli("proxy-campaign", "action=plan", f"paths.root={tmp_path}", timeout=180)
     job = app.to_job(compose_cfg("campaign", [f"paths.root={tmp_path}"]), C.CampaignJobConfig)
     trains = [u for u in plan_campaign(job) if u.kind == "train"]
-    assert "24 units (8 train, 8 score, 8 evaluate), 0 already done" in r.stdout
+    assert "29 units (1 bpe, 4 tokenize, 8 train, 8 score, 8 evaluate), 0 already done" in r.stdout
     for u in trains:  # one table row per training unit, with the unit's own step count
         row = next(line for line in r.stdout.splitlines() if u.id in line)
         assert str(plan_training(u.config, job.tokenizer.vocab_size).steps) in row.split()
@@ -182,9 +182,9 @@ def test_every_choice_setting_is_an_enum():
     """The settings that take one of a few values are enums (checked at compose time), not plain strings."""
     assert all(getattr(C, name).__name__ == name for name in C._CHOICES)  # unpacked in _CHOICES order
     keys = {key for _, key, _ in ENUM_SETTINGS}
-    assert {"model.arch", "model.dtype", "tokenizer.kind", "corpus.source", "traces.source", "pretrain.precision",
+    assert {"model.arch", "model.dtype", "model.device", "tokenizer.kind", "corpus.source", "traces.source", "pretrain.precision",
             "pretrain.budget_params", "pretrain.preempt_signal", "score.kernel", "score.stats_backend",
-            "score.packing", "score.freq_source", "evaluate.primary_metric", "executor.kind", "analysis.kind",
+            "score.packing", "score.freq_source", "executor.kind", "analysis.kind",
             "analysis.primary_proxy", "analysis.ce_proxy", "action"} <= keys
 
 

@@ -90,11 +90,11 @@ def test_jsonl_missing_field_names_file_row_and_field(tmp_path):
     with pytest.raises(ValueError) as err:
         load_traces(TracesConfig(source="jsonl", paths=[str(bad)], tasks=[]))
     msg = str(err.value)
-    assert str(bad) in msg and "row 2" in msg and "'answer'" in msg
+    assert str(bad) in msg and "line 2" in msg and "'answer'" in msg
 
     no_column = tmp_path / "no_solution.jsonl"
     no_column.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "solution"}) + "\n" for r in rows))
-    with pytest.raises(ValueError, match="row 1 has no field 'solution'"):
+    with pytest.raises(ValueError, match="line 1: no field 'solution'"):
         load_traces(TracesConfig(source="jsonl", paths=[str(no_column)], tasks=[]))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_traces(TracesConfig(source="jsonl", paths=[str(tmp_path / "absent.jsonl")], tasks=[]))

@@ -6,6 +6,7 @@ BPE tokenizer trained in the test.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -305,9 +306,10 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def traces() -> list[dict]:
-    """Prompt/solution pairs cut from real source text; the last is longer than the context."""
+    """Prompt/solution pairs cut from real source text (prompts shorter than the context); the last two are longer
+    than the context together, so their prompt is cut from the left."""
     lines = open(json.decoder.__file__, encoding="utf-8").read().splitlines()
-    cuts = [(0, 2, 6), (10, 11, 13), (20, 25, 27), (30, 31, 40), (45, 70, 110)]
+    cuts = [(0, 2, 6), (10, 11, 13), (24, 25, 27), (30, 31, 40), (45, 48, 110)]
     return [
         {"id": f"t{i}", "task": "code" if i % 2 else "text", "prompt": "\n".join(lines[a:b]),
          "solution": "\n".join(lines[b:c]), "answer": ""}
@@ -380,6 +382,25 @@ def test_score_traces_matches_full_logits_and_window(model, tokenizer, traces, w
     if window == 0:
         rows = out.tokens[out.tokens["trace_id"] == long["id"]]
         assert len(rows) == MAX_POS - 1 and rows["position"].iloc[0] > 0
+
+
+def test_a_prompt_as_long_as_the_context_and_a_solution_without_tokens_are_errors(model, tokenizer, traces):
+    long_prompt = dict(traces[0], id="long", prompt=" ".join(["word"] * 200))
+    with pytest.raises(ValueError, match=r"trace 'long' \(task 'text'\): its prompt is \d+ tokens, as long as the "
+                                         r"model's context \(64 positions\) or longer.*shorten the prompt"):
+        score_traces(model, tokenizer, [long_prompt], ScoreConfig(long_prompt="error"), progress=False)
+    cut = score_traces(model, tokenizer, [long_prompt], ScoreConfig(window=0), progress=False)  # the default
+    n_solution = len(tokenizer(long_prompt["solution"], add_special_tokens=False)["input_ids"])
+    assert len(cut.tokens) == n_solution and cut.tokens_forward == MAX_POS  # the prompt cut from the left
+    with pytest.raises(ValueError, match="trace 'blank' .* has an empty solution: there is nothing to score"):
+        score_traces(model, tokenizer, [dict(traces[0], id="blank", solution="")], ScoreConfig(), progress=False)
+    from tokenizers import normalizers
+
+    stripping = copy.deepcopy(tokenizer)  # a tokenizer whose normaliser drops what this solution is made of
+    stripping.backend_tokenizer.normalizer = normalizers.Replace("x", "")
+    with pytest.raises(ValueError, match="trace 'spaces' .* a solution \\(3 characters\\) that this tokenizer turns "
+                                         "into no tokens"):
+        score_traces(model, stripping, [dict(traces[0], id="spaces", solution="xxx")], ScoreConfig(), progress=False)
 
 
 def test_compiled_stats_backend_scores_the_same(model, tokenizer, traces):

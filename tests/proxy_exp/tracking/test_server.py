@@ -82,6 +82,11 @@ def test_start_log_read_back_host_check_stop(server_root, tmp_path):
     procs = group_processes(pid)
     print(f"start-up {startup_s:.1f} s, {len(procs)} processes, {rss_mb(procs):.0f} MB RSS")
     assert 1 <= len(procs) <= 3, procs
+    # no --host: bound to 127.0.0.1 alone (another loopback address, which a 0.0.0.0 bind would answer, is refused)
+    assert state["host"] == "127.0.0.1", state
+    assert listening_addresses(procs) == {("127.0.0.1", port)}, (
+        f"the server listens on {sorted(listening_addresses(procs))}, expected 127.0.0.1:{port} alone")
+    assert refused("127.0.0.2", port), f"the server answers on 127.0.0.2:{port}: it is not bound to 127.0.0.1 alone"
 
     # a job logs through proxy_exp.tracking
     cfg = TrackingConfig(uri=uri, experiment="server-test")
@@ -104,6 +109,8 @@ def test_start_log_read_back_host_check_stop(server_root, tmp_path):
     assert got.info.status == "FINISHED"
     assert got.data.params == {"lr": "0.01", "size": "4M"}
     assert got.data.tags["proxy_exp.kind"] == "train"
+    # the experiment opens on MLflow 3's training-runs view, not its GenAI overview
+    assert client.get_experiment_by_name("server-test").tags.get(KIND_TAG) == "custom_model_development"
     history = sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(10 * i, v) for i, v in enumerate(losses)]
     assert [a.path for a in client.list_artifacts(run_id, "outputs")] == ["outputs/table.csv"]
@@ -167,3 +174,78 @@ def test_bad_backend_and_stale_state(tmp_path):
     r = cli("stop", "--root", str(tmp_path))
     assert r.returncode == 0 and "stale" in r.stdout
     assert not (tmp_path / "server.json").exists()
+
+
+KIND_TAG = "mlflow.experimentKind"
+
+
+def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:
+    """The (ip, port) pairs that ``pids`` listen on (TCP)."""
+    import psutil
+
+    out = set()
+    for pid in pids:
+        for c in psutil.Process(pid).net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN:
+                out.add((c.laddr.ip, c.laddr.port))
+    return out
+
+
+def refused(host: str, port: int) -> bool:
+    """Nothing accepts a TCP connection at (host, port)."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _words(text: str) -> str:
+    """Help text as one line: argparse wraps lines, also at hyphens."""
+    import re
+
+    return " ".join(re.sub(r"-\n\s*", "-", text).split())
+
+
+def test_help_says_what_exposing_the_server_means():
+    """The default bind is 127.0.0.1, and --help says what --host 0.0.0.0 exposes and how to protect it."""
+    from launchers.mlflow_server import build_parser
+
+    assert build_parser().parse_args(["start", "--root", "x"]).host == "127.0.0.1"
+    for args in (["--help"], ["start", "--help"]):
+        r = cli(*args)
+        assert r.returncode == 0, r.stderr
+        text = _words(r.stdout)
+        for phrase in ("binds 127.0.0.1 (this machine only) unless --host says otherwise",
+                       "MLflow has no authentication by default", "--host 0.0.0.0",
+                       "anyone who can reach the port can read, change and delete every experiment, run",
+                       "firewall", "SSH tunnel", "basic-auth", "--allowed-hosts is no access control"):
+            assert phrase in text, f"`proxy-mlflow-server {' '.join(args)}` does not say {phrase!r}:\n{r.stdout}"
+    import argparse
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    host_help = next(a.help for a in subparsers.choices["start"]._actions if a.dest == "host")
+    assert _words(host_help) in _words(cli("start", "--help").stdout)  # shown as written
+    for phrase in ("default 127.0.0.1: this machine only", "0.0.0.0", "no authentication",
+                   "read and write every run and artifact", "firewall", "SSH tunnel"):
+        assert phrase in host_help, f"the --host help does not say {phrase!r}: {host_help}"
+
+
+def test_experiments_are_tagged_for_the_training_runs_view(tmp_path):
+    """ensure_experiment tags the experiments it creates, and an existing one without the tag (one that a run made
+    before proxy-exp tagged experiments); a kind someone chose is kept."""
+    from mlflow.tracking import MlflowClient
+
+    from proxy_exp.tracking import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    created = ensure_experiment(TrackingConfig(experiment="fresh"), str(tmp_path))
+    client = MlflowClient(uri)
+    assert client.get_experiment(created).tags.get(KIND_TAG) == "custom_model_development"
+    old = client.create_experiment("made-before")
+    assert KIND_TAG not in client.get_experiment(old).tags
+    assert ensure_experiment(TrackingConfig(experiment="made-before"), str(tmp_path)) == old
+    assert client.get_experiment(old).tags.get(KIND_TAG) == "custom_model_development"
+    chosen = client.create_experiment("genai", tags={KIND_TAG: "genai_development"})
+    assert ensure_experiment(TrackingConfig(experiment="genai"), str(tmp_path)) == chosen
+    assert client.get_experiment(chosen).tags.get(KIND_TAG) == "genai_development"

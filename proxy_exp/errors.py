@@ -1,0 +1,20 @@
+"""The errors proxy-exp raises for what a user can fix: the command line prints them as one line (launchers/app.py
+run_app) that names the setting, file or service and says what to do; anything else is a bug and keeps its traceback.
+ValueError and FileNotFoundError raised with such a message are treated the same way."""
+from __future__ import annotations
+
+
+class ProxyExpError(Exception):
+    """A problem with the user's input, settings or environment, said in one line with the fix."""
+
+
+class TrackingUnavailable(ProxyExpError):
+    """The MLflow tracking store does not answer (a server that is down, a store that cannot be opened)."""
+
+
+class TrainingDiverged(ProxyExpError):
+    """The training loss became NaN or infinite: the unit stopped at its last good checkpoint."""
+
+
+class OutputNotWritable(ProxyExpError):
+    """An output folder cannot be written (permissions, a full disk)."""

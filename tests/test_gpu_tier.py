@@ -1,0 +1,24 @@
+"""The gpu tier: on a machine without CUDA the gpu tests are left out by their marker with a line that says how many
+and why (never a silent skip); on a GPU machine they run (benchmarks/gpu_check.sh)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import REPO
+
+GPU_TEST_FILES = ["tests/proxy_exp/score/test_gpu.py", "tests/proxy_exp/train/test_gpu.py",
+                  "tests/proxy_exp/evaluate/test_gpu.py"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here: the gpu tests run instead of being left out")
+def test_gpu_tests_are_left_out_and_counted_without_cuda():
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_TEST_FILES],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 5, r.stdout[-2000:] + r.stderr[-2000:]  # 5: every collected test was left out
+    n = int(r.stdout.split(" gpu test(s) left out: no CUDA device")[0].split()[-1])
+    assert n >= 6 and f"{n} deselected" in r.stdout
+    with open(f"{REPO}/benchmarks/gpu_check.sh") as f:  # the prepared check runs every one of these files
+        script = f.read()
+    assert all(path in script for path in GPU_TEST_FILES)
