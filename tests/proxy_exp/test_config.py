@@ -182,7 +182,8 @@ def test_every_choice_setting_is_an_enum():
     """The settings that take one of a few values are enums (checked at compose time), not plain strings."""
     assert all(getattr(C, name).__name__ == name for name in C._CHOICES)  # unpacked in _CHOICES order
     keys = {key for _, key, _ in ENUM_SETTINGS}
-    assert {"model.arch", "model.dtype", "model.device", "tokenizer.kind", "corpus.source", "traces.source", "pretrain.precision",
+    assert {"model.arch", "model.dtype", "model.device", "model.device_map", "tokenizer.kind", "corpus.source",
+            "corpus.hf_builder", "corpus.repeat_policy", "traces.source", "pretrain.precision",
             "pretrain.budget_params", "pretrain.preempt_signal", "score.kernel", "score.stats_backend",
             "score.packing", "score.freq_source", "executor.kind", "analysis.kind",
             "analysis.primary_proxy", "analysis.ce_proxy", "action"} <= keys
@@ -196,13 +197,13 @@ def test_misspelt_enumerated_value_fails_at_compose_time(compose_cfg, entry, key
         compose_cfg(entry, extra + [f"{key}=trition"])
     message = str(e.value.__cause__ or e.value)
     assert "trition" in message and key.split(".")[-1] in message
-    assert all(member.value in message for member in list(enum_type)[:3])
+    assert all(member.name in message for member in list(enum_type)[:3])
     # every allowed value composes and reaches the job as that member (of the 80 proxy names: the first and last two)
     members = list(enum_type)
     for member in members if len(members) <= 8 else members[:2] + members[-2:]:
-        job = app.to_job(compose_cfg(entry, extra + [f"{key}={member.value}"]), ENTRY[entry])
+        job = app.to_job(compose_cfg(entry, extra + [f"{key}={member.name}"]), ENTRY[entry])
         value = job
         for part in key.split("."):
             value = getattr(value, part)
-        assert value is member and value == member.value
+        assert value is member and value == member.value  # none: the empty value, falsy like an unset string
 
