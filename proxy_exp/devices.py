@@ -69,13 +69,14 @@ def _max_memory(cfg: ModelConfig) -> dict[Any, str]:
     out: dict[Any, str] = {}
     for key, value in cfg.max_memory.items():
         k = str(key)
-        if k.isdigit():
-            out[int(k)] = str(value)
+        gpu = k[3:] if k.startswith("gpu") else k  # gpu0: how a GPU is written on the command line (Hydra's dict
+        if gpu.isdigit():                          # keys are strings; {0: ...} does not compose)
+            out[int(gpu)] = str(value)
         elif k in ("cpu", "disk", "mps"):
             out[k] = str(value)
         else:
-            raise ValueError(f"model.max_memory key {k!r}: use a GPU index (0, 1, ...), 'cpu' or 'disk', e.g. "
-                             "model.max_memory={0: 70GiB, cpu: 0GiB}")
+            raise ValueError(f"model.max_memory key {k!r}: use gpu0, gpu1, ... (or a GPU index), 'cpu' or 'disk', "
+                             "e.g. ++model.max_memory={gpu0: 70GiB, gpu1: 70GiB, cpu: 0GiB}")
     return out
 
 

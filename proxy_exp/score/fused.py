@@ -66,6 +66,7 @@ DEFAULT_BLOCKS: dict[str, int] = {"block_t": 64, "block_v": 128, "block_d": 64, 
 # Tile sizes under the interpreter: small, so that the tests cover partial tiles and several vocab tiles.
 INTERPRETER_BLOCKS: dict[str, int] = {"block_t": 16, "block_v": 128, "block_d": 16, "num_warps": 4, "num_stages": 1}
 _ROUND_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+KERNEL_DTYPES = tuple(_ROUND_CODES)  # the dtypes the kernel takes (hidden states and head weight share one)
 # Diagnostics, summed over calls: tokens scored, tokens whose pre-pass target logit differed from its
 # tile's, and tokens recounted in torch (see the module docstring); benchmarks print the recounted
 # fraction, which should stay near 0 on a GPU.

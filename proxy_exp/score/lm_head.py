@@ -104,6 +104,11 @@ def resolve_kernel(kernel: str, head: Callable[[Tensor], Tensor], device: torch.
     if parts is None:
         return "torch", (f"the LM head ({type(getattr(head, 'module', head)).__name__}) is not a plain linear map on "
                          "one device (hooks or offloaded weights): the chunked torch path scores instead")
+    weight = parts[0]
+    if weight.dtype not in fused.KERNEL_DTYPES or weight.dim() != 2 or weight.shape[0] < 2:
+        return "torch", (f"the LM head's weight ({weight.dtype}, shape {tuple(weight.shape)}) is not one the fused "
+                         f"kernel takes ({', '.join(str(d)[6:] for d in fused.KERNEL_DTYPES)}; [V >= 2, D]): the "
+                         "chunked torch path scores instead")
     return "triton", ""
 
 

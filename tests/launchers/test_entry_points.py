@@ -36,10 +36,16 @@ def test_score_and_eval_cli_on_trained_model(trained):
     for key, value in printed.items():  # the summary shows what MLflow holds
         assert value == pytest.approx(run.data.metrics[key], abs=5e-5), key
     assert run.data.metrics["flops/train"] > 0  # read from the record proxy-train left beside the model
+    # where and how it ran, as resolved on this machine (CPU: fp32, the torch path, one trace a batch)
+    assert {k: run.data.params[k] for k in ("model.device_resolved", "model.dtype_resolved", "score.kernel_resolved",
+                                            "score.batch_size_resolved")} == {
+        "model.device_resolved": "cpu", "model.dtype_resolved": "float32", "score.kernel_resolved": "torch",
+        "score.batch_size_resolved": "1"}  # score.batch_size=0 (auto): 1 on CPU
     r = _cli("proxy-eval", f"model.path={model_dir}", f"paths.root={root}", "tracking.experiment=cli",
              "evaluate.tasks=[piqa]", "evaluate.limit=4")
     (run,) = _runs(root, "evaluate")
     assert run.data.metrics["eval/piqa/n"] == 4
+    assert (run.data.params["model.device_resolved"], run.data.params["model.dtype_resolved"]) == ("cpu", "float32")
 
 
 def test_multirun_sweep_through_submitit_local(trained):

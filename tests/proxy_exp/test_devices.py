@@ -40,8 +40,8 @@ def test_sharded_placement_and_its_errors():
         resolve_placement(ModelConfig(device_map="everywhere"), n_gpus=2)
     with pytest.raises(ValueError, match="model.max_memory is set but model.device_map is empty"):
         resolve_placement(ModelConfig(max_memory={"0": "1GiB"}), n_gpus=1)
-    with pytest.raises(ValueError, match="model.max_memory key 'gpu0'"):
-        resolve_placement(ModelConfig(device_map="auto", max_memory={"gpu0": "1GiB"}), n_gpus=1)
+    with pytest.raises(ValueError, match="model.max_memory key 'npu0'"):
+        resolve_placement(ModelConfig(device_map="auto", max_memory={"npu0": "1GiB"}), n_gpus=1)
     with pytest.raises(ValueError, match="names GPUs"):
         resolve_placement(ModelConfig(device_map="auto", max_memory={"0": "1GiB"}), n_gpus=0)
 
@@ -84,3 +84,65 @@ def test_deepspeed_accelerator_follows_the_backend():
     finally:
         select_deepspeed_accelerator("cpu")
     assert get_accelerator().device_name() == "cpu"
+
+
+def test_sharding_as_the_readme_writes_it_on_the_command_line(compose_cfg):
+    """model.device_map=auto ++model.max_memory={gpu0: ..., gpu1: ..., cpu: ...} composes and reaches accelerate as GPU
+    indices (Hydra's dict keys are strings: {0: ...} would not compose)."""
+    import launchers.app as app
+    from proxy_exp.config import ScoreJobConfig
+
+    job = app.to_job(compose_cfg("score", ["model.path=/tmp/m", "model.device_map=auto",
+                                           "++model.max_memory={gpu0: 70GiB, gpu1: 70GiB, cpu: 0GiB}"]), ScoreJobConfig)
+    p = resolve_placement(job.model, n_gpus=2, has_bf16=True, cache_dir="/c")
+    assert p.from_pretrained_kwargs()["max_memory"] == {0: "70GiB", 1: "70GiB", "cpu": "0GiB"}
+    assert p.from_pretrained_kwargs()["device_map"] == "auto"
+
+
+def test_batch_sizes_and_kernel_choice_per_device():
+    """What a GPU job would run with, decided on CPU: the score batch size (auto: the longest traces within the token
+    budget on a GPU, 1 on CPU), lm-eval's batch size, and the kernel auto picks for a head on a CUDA device."""
+    from proxy_exp.config import EvaluateConfig, ScoreConfig
+    from proxy_exp.evaluate.harness import batch_size
+    from proxy_exp.score import fused
+    from proxy_exp.score.lm_head import resolve_kernel
+    from proxy_exp.score.scorer import AUTO_BATCH_MAX, AUTO_BATCH_TOKENS, resolve_batch_size
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_batch_size(ScoreConfig(batch_size=0), cpu, 1000) == (1, ScoreConfig().auto_batch)
+    assert resolve_batch_size(ScoreConfig(batch_size=0), cuda, 1000) == (min(AUTO_BATCH_MAX, AUTO_BATCH_TOKENS // 1000),
+                                                                         True)
+    assert resolve_batch_size(ScoreConfig(batch_size=0), cuda, 10 * AUTO_BATCH_TOKENS) == (1, True)
+    assert resolve_batch_size(ScoreConfig(batch_size=6, auto_batch=False), cuda, 1000) == (6, False)
+    assert [batch_size(EvaluateConfig(batch_size=v)) for v in ("auto", "auto:4", "16")] == ["auto", "auto:4", 16]
+    for bad in ("0", "-2", "big", "auto:x"):
+        with pytest.raises(ValueError, match="evaluate.batch_size"):
+            batch_size(EvaluateConfig(batch_size=bad))
+    head = torch.nn.Linear(8, 32, bias=False)
+    assert resolve_kernel("auto", head, cpu) == ("torch", "")  # on CPU the torch path is the one there is
+    assert resolve_kernel("torch", head, cuda) == ("torch", "")
+    if fused.triton_available():
+        assert resolve_kernel("auto", head, cuda) == ("triton", "")
+        kernel, why = resolve_kernel("auto", head.double(), cuda)  # a dtype the kernel does not take: fall back
+        assert kernel == "torch" and "float64" in why
+    with pytest.raises(ValueError, match="plain linear LM head"):
+        resolve_kernel("triton", torch.nn.Sequential(head), cuda)
+
+
+def test_sharded_evaluation_arguments_for_lm_eval():
+    """A sharded model reaches lm-eval's HFLM through its own parallelize / device_map / max_memory_per_gpu options."""
+    from proxy_exp.evaluate.harness import _placement_args
+
+    one = resolve_placement(ModelConfig(), n_gpus=1, has_bf16=True)
+    assert _placement_args(one) == {"device": "cuda:0", "dtype": "bfloat16"}
+    assert _placement_args(resolve_placement(ModelConfig(), n_gpus=0)) == {"device": "cpu", "dtype": "float32"}
+    sharded = resolve_placement(ModelConfig(device_map="auto", max_memory={"gpu0": "70GiB", "gpu1": "70GiB",
+                                                                           "cpu": "10GiB"}),
+                                n_gpus=2, has_bf16=True, cache_dir="/c")
+    args = _placement_args(sharded)
+    assert args["parallelize"] is True and args["device_map"] == "auto" and args["max_memory_per_gpu"] == "70GiB"
+    assert args["max_cpu_memory"] == "10GiB" and args["offload_folder"] == "/c/offload" and args["dtype"] == "bfloat16"
+    uneven = resolve_placement(ModelConfig(device_map="auto", max_memory={"gpu0": "70GiB", "gpu1": "30GiB"}),
+                               n_gpus=2, has_bf16=True)
+    with pytest.raises(ValueError, match="max_memory_per_gpu"):
+        _placement_args(uneven)
