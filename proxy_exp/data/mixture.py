@@ -46,9 +46,20 @@ def schedule(weights: list[float], n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int16)
     if w.size == 1:
         return np.zeros(n, dtype=np.int16)
+    # Source i's k-th draw sits at time (k + 1/2) / w_i; the order is the merge of all sources' draws (ties by
+    # index), and its first n positions are the n earliest draws. Only the first m_i draws of each source are made
+    # here, which gives that prefix exactly as long as m_i >= c_i, the draws source i holds among the first n.
+    # Bound on c_i: let T be the time of the n-th draw. Source j has ceil(w_j T - 1/2) >= w_j T - 1/2 draws
+    # strictly before T, and fewer than n draws are strictly before T, so sum_j (w_j T - 1/2) <= n - 1, i.e.
+    # T <= n - 1 + K/2 (K sources), and c_i <= #{k : (k + 1/2) / w_i <= T} <= w_i T + 1/2
+    # <= w_i (n - 1 + K/2) + 1/2. (An upper bound of w_i n + 2 fails once w_i (K - 2) > 3: with K = 25 and
+    # w_0 = 1/2, source 0 needs up to w_0 n + 6 draws.) m_i = floor(w_i (n + K/2)) + 2 exceeds that bound by
+    # more than w_i + 1/2, ample for rounding, so every schedule(n) is schedule(N)[:n] for n < N; no source
+    # needs more than n draws.
+    k = w.size
     times, which = [], []
     for i, wi in enumerate(w):
-        m = int(math.ceil(wi * n)) + 2
+        m = min(n, int(math.floor(wi * (n + k / 2))) + 2)
         times.append((np.arange(m, dtype=np.float64) + 0.5) / wi)
         which.append(np.full(m, i, dtype=np.int16))
     t, s = np.concatenate(times), np.concatenate(which)

@@ -17,7 +17,12 @@ Formats (``corpus.source``):
 the text field, a truncated compressed file or an empty shard raises ValueError naming the file (and the line or
 row) and the fix. Readers are our own: datatrove's JsonlReader logs and skips lines it cannot parse, and its
 readers come with its pipeline executor; the formats are read with the libraries datatrove uses (gzip,
-zstandard, pyarrow, datasets).
+zstandard, pyarrow, datasets). Tokenizing is our own too (:mod:`proxy_exp.data.shards`, in datatrove's ``.ds`` /
+``.ds.index`` layout): datatrove's DocumentTokenizer is a pipeline step that writes one file per executor rank and
+by default shuffles the documents in it, and dolma's ``tokens`` command shuffles the input paths and chunks of
+documents and packs several inputs into each ``.npy`` memmap (with a ``.csv.gz`` of offsets); neither gives one
+shard per input file keyed by its manifest, so that a changed or added file re-tokenizes only itself, and neither
+package is a dependency here.
 """
 from __future__ import annotations
 

@@ -30,6 +30,29 @@ def test_schedule_realises_the_weights_in_every_prefix():
         schedule([0.5, 0.0], 10)
 
 
+@pytest.mark.parametrize("weights", [
+    [0.5] + [0.5 / 24] * 24,  # one heavy source and 24 light ones (DataDecide-sized recipes: 25 sources)
+    [0.4, 0.2] + [0.4 / 23] * 23,  # two heavy ones; equal light weights keep their draws in phase (worst case)
+    list(np.random.default_rng(7).dirichlet(np.full(25, 0.3))),  # skewed random weights
+], ids=["half-and-24", "two-heavy-and-23", "dirichlet"])
+def test_schedule_prefix_holds_with_many_sources(weights):
+    """With K = 25 a source can hold up to w * n + (w * (K - 2) + 1) / 2 of the first n positions, more than the
+    ceil(w * n) + 2 draws per source the schedule once made: then schedule(n) was not schedule(N)[:n] and the heavy
+    source fell short."""
+    w = np.asarray(weights) / np.sum(weights)
+    k, big = len(w), 20_000
+    full = schedule(list(weights), big)
+    counts = np.cumsum(np.eye(k, dtype=np.int64)[full], axis=0)  # counts in every prefix
+    dev = counts - w[None, :] * np.arange(1, big + 1)[:, None]
+    assert np.abs(dev).max() <= (k + 1) / 2  # the stated tolerance
+    # and the per-source bounds: -(w K / 2 + 1/2) <= count - w m <= w (K / 2 - 1) + 1/2
+    assert (dev <= (w * (k / 2 - 1) + 0.5)[None, :] + 1e-9).all()
+    assert (dev >= -(w * k / 2 + 0.5)[None, :] - 1e-9).all()
+    for n in np.random.default_rng(1).integers(1, big, 300).tolist() + [2994]:
+        np.testing.assert_array_equal(schedule(list(weights), n), full[:n], err_msg=f"n={n}")
+        np.testing.assert_array_equal(draws(list(weights), n), counts[n - 1])
+
+
 def _recipe(**weights) -> CorpusConfig:
     mix = {name: MixSourceConfig(name=name, source=name, max_bytes=SMALL_CORPUS_BYTES, weight=w)
            for name, w in weights.items()}

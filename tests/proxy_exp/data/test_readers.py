@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import re
 import subprocess
 import tracemalloc
@@ -84,11 +85,24 @@ def test_reading_streams_in_bounded_memory(tmp_path):
     assert peak < 8e6, f"reading a {n / 1e6:.0f} MB shard peaked at {peak / 1e6:.1f} MB"
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _bad_inputs(tmp_path) -> dict[str, tuple[CorpusConfig, str, str]]:
     """name -> (source, the bad file, what its error must say)."""
     good = write_jsonl(tmp_path / "good.jsonl", RECORDS[:10])
     binary = tmp_path / "binary.jsonl"
-    binary.write_bytes(os.urandom(2000))
+    # fixed bytes (os.urandom starting with b"\n" made the error say "line 2"): the first line is not blank and
+    # not UTF-8, so it is line 1 that fails to parse
+    noise = random.Random(0).randbytes(2000)
+    first = noise.split(b"\n", 1)[0]
+    assert first.strip() and not _is_utf8(first)
+    binary.write_bytes(noise)
     parquet_as_jsonl = tmp_path / "table.jsonl"
     write_parquet(parquet_as_jsonl, RECORDS[:10])
     no_text = write_jsonl(tmp_path / "no_text.jsonl", RECORDS[:2] + [{"id": "x", "body": "text elsewhere"}])
