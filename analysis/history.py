@@ -47,11 +47,18 @@ def latest_run_with(uri: str, experiment: str, wanted: list[str]) -> str:
 
 
 def _children_history(uri: str, run_id: str, columns: dict[str, str]) -> pd.DataFrame:
-    """Rows of a parent run whose children are checkpoints: each child tagged ``proxy_exp.step`` contributes its
-    latest values of the wanted metrics at that step (score children the proxies, evaluate children the accuracy)."""
+    """Rows of a parent run whose children are checkpoints: each FINISHED child tagged ``proxy_exp.step`` contributes
+    its latest values of the wanted metrics at that step (score children the proxies, evaluate children the accuracy).
+
+    When several children log the same metric at one step (a checkpoint re-scored, e.g. an overwritten ``latest/``),
+    the newest one (by start time) wins, metric by metric. Children that are not FINISHED are skipped: a FAILED or
+    KILLED one may have logged part of its metrics, and a RUNNING one is still being written (or died without
+    ending its run), so none of them stands for the checkpoint."""
     experiment = query.experiment_of(uri, run_id)
+    finished = [c for c in query.child_runs(uri, experiment, run_id) if c.info.status == "FINISHED"]
     rows: dict[int, dict] = {}
-    for child in query.child_runs(uri, experiment, run_id):
+    # oldest first, so that a newer child's values overwrite an older one's at the same step
+    for child in sorted(finished, key=lambda c: (c.info.start_time or 0, c.info.end_time or 0)):
         step = child.data.tags.get(keys.tag(keys.STEP))
         if step is None:
             continue
@@ -78,9 +85,10 @@ def train_history(uri: str, run_id: str, columns: dict[str, str]) -> pd.DataFram
         children = _children_history(uri, run_id, columns)
         if not children.empty and all(c in children.columns for c in columns):
             return children.sort_values("step").reset_index(drop=True)
-        raise ValueError(f"run {run_id} has no metric {missing[0]!r}, nor child runs tagged with a step that log "
-                         f"{sorted(columns.values())}; check analysis.primary_proxy / analysis.accuracy_metric and how "
-                         "the checkpoints were scored (in_loop settings, or proxy-score step=N)")
+        raise ValueError(f"run {run_id} has no metric {missing[0]!r}, nor FINISHED child runs tagged with a step "
+                         f"that log {sorted(columns.values())}; check analysis.primary_proxy / "
+                         "analysis.accuracy_metric and how the checkpoints were scored (in_loop settings, or "
+                         "proxy-score step=N)")
     frames = []
     for column, key in columns.items():
         frames.append(_series(uri, run_id, key, column).set_index("step"))

@@ -23,8 +23,9 @@ class ProxyHook:
 
     ``traces``: trace dicts (``id, task, prompt, solution``) or a :class:`~proxy_exp.config.TracesConfig` (loaded
     once). ``log``: where the metrics go, ``log(metrics, step)``; default the caller's active MLflow run
-    (:func:`proxy_exp.tracking.run.log_to_active_run`). ``keys``: the proxies to log (default all 80, plus the
-    per-task ones when ``per_task``). Returns the logged metrics, or None when the step is not due.
+    (:func:`proxy_exp.tracking.run.log_to_active_run`; a due step with no active run raises ValueError). ``keys``:
+    the proxies to log (default all 80, plus the per-task ones when ``per_task``). Returns the logged metrics, or
+    None when the step is not due.
     """
 
     def __init__(self, tokenizer, traces: list[dict] | TracesConfig, every: int, score: ScoreConfig | None = None,

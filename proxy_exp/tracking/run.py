@@ -303,8 +303,9 @@ def log_to_active_run(metrics: dict[str, float], step: int) -> str:
 
     run = mlflow.active_run()
     if run is None:
-        raise ValueError("no active MLflow run to log proxies into: start one (with mlflow.start_run(): ...), use "
-                         "Trainer(report_to='mlflow'), or pass run_id= to the hook")
+        raise ValueError("no active MLflow run to log proxies into: start one (with mlflow.start_run(): ...), or "
+                         "train with Trainer(args=TrainingArguments(report_to='mlflow')), or give the hook "
+                         "log=<callable(metrics, step)>")
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v}, step=int(step))
     return run.info.run_id
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from proxy_exp.config import (AnalysisConfig, ModelConfig, PathsConfig, ScoreConfig, ScoreJobConfig, TracesConfig,
                               TrackingConfig)
 from proxy_exp.score.job import score
-from tests.helpers import FIXTURE_TRACES, read_jsonl
+from tests.helpers import FIXTURE_TRACE_OVERRIDES, FIXTURE_TRACES, read_jsonl, run_cli
 
 STEPS = [1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64]
 TRACES = TracesConfig(name="fixture", source="jsonl", tasks=[], per_task=2, paths=[FIXTURE_TRACES])
@@ -112,6 +112,7 @@ def test_forecast_from_a_parent_whose_children_are_checkpoints(team_run, tmp_pat
         _score(root, root / "ckpt" / f"step-{step}", parent_run_id=parent, step=step)
         child = client.create_run(exp, tags={"mlflow.parentRunId": parent, "proxy_exp.step": str(step)})
         client.log_metric(child.info.run_id, "team/acc", team[step])  # the team's own evaluation of that checkpoint
+        client.set_terminated(child.info.run_id)  # FINISHED, as `with mlflow.start_run(nested=True):` leaves it
     steps = sorted(int(r.data.tags["proxy_exp.step"]) for r in client.search_runs(
         [exp], f"tags.`proxy_exp.kind` = 'score' and tags.`mlflow.parentRunId` = '{parent}'"))
     assert steps == STEPS
@@ -123,3 +124,63 @@ def test_forecast_from_a_parent_whose_children_are_checkpoints(team_run, tmp_pat
     hist = pd.read_csv(tmp_path / "fc" / "history.csv")
     assert list(hist["step"]) == STEPS and list(hist["accuracy"]) == [team[s] for s in STEPS]
     assert os.path.isfile(tmp_path / "fc" / "forecast.csv")
+
+
+def test_a_checkpoint_re_scored_at_the_same_step_reads_as_its_newest_finished_child(team_run, tmp_path):
+    """latest/ scored as step 5, then overwritten by the trainer and scored again as step 5 under the same parent:
+    the forecast's history holds the second scoring's proxies; a newer child that failed or is still running (its
+    metrics partial) is not read."""
+    from analysis.history import train_history
+
+    root, _ = team_run
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("team")
+    parent = client.create_run(exp, run_name="my-1b-run").info.run_id
+    latest = tmp_path / "latest"
+    shutil.copytree(root / "ckpt" / "step-1", latest)
+    old = _score(tmp_path, latest, parent_run_id=parent, step=5)
+    shutil.rmtree(latest)
+    shutil.copytree(root / "ckpt" / "step-64", latest)  # the trainer overwrites latest/ and it is scored again
+    new = _score(tmp_path, latest, parent_run_id=parent, step=5)
+    _score(tmp_path, root / "ckpt" / "step-8", parent_run_id=parent, step=8)
+    ce = "proxy/ce/uniform"
+    assert new.proxies[ce] < old.proxies[ce] - 0.5
+    for status, value in (("FAILED", 99.0), ("KILLED", 98.0), ("RUNNING", 97.0)):  # newer still, not FINISHED
+        child = client.create_run(exp, tags={"mlflow.parentRunId": parent, "proxy_exp.step": "5"}).info.run_id
+        client.log_metric(child, ce, value)
+        if status != "RUNNING":
+            client.set_terminated(child, status)
+    hist = train_history(f"sqlite:///{tmp_path}/mlflow.db", parent, {"ce": ce})
+    assert list(hist["step"]) == [5, 8]
+    assert hist["ce"].iloc[0] == pytest.approx(new.proxies[ce])  # not the older scoring's, nor 97-99
+
+
+def test_proxy_score_and_proxy_eval_cli_log_into_an_existing_run_at_its_step(team_run, tmp_path):
+    """The command lines a team runs on a saved checkpoint: proxies (and lm-eval metrics) land in the given run at
+    step N; its own params, tags, metrics and status are left as they were."""
+    root, _ = team_run
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("team")
+    run_id = client.create_run(exp, run_name="my-1b-run", tags={"team.owner": "lab"}).info.run_id
+    client.log_param(run_id, "lr", "3e-3")
+    for step in (8, 16):
+        client.log_metric(run_id, "team/acc", step / 100, step=step)
+    before = client.get_run(run_id)
+    ckpt = root / "ckpt" / "step-16"
+    common = [f"model.path={ckpt}", "step=16", f"tracking.run_id={run_id}", f"paths.root={tmp_path}",
+              "tracking.experiment=team"]
+    run_cli("proxy-score", *common, *FIXTURE_TRACE_OVERRIDES, "traces.per_task=2", timeout=300)
+    run_cli("proxy-eval", *common, "evaluate.tasks=[piqa]", "evaluate.limit=4", timeout=300)
+    after = client.get_run(run_id)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "team/acc")] == [(8, 0.08), (16, 0.16)]
+    for key in ("proxy/ce/uniform", "proxy/top5/freq", "eval/piqa/n"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [16], key
+    assert len([k for k in after.data.metrics if k.startswith("proxy/")]) == 80
+    assert after.data.metrics["eval/piqa/n"] == 4
+    assert after.data.params == before.data.params == {"lr": "3e-3"}
+    assert after.data.tags == before.data.tags and after.info.status == "RUNNING"
+    assert after.info.run_name == "my-1b-run"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert artifacts == {"scores", "lm_eval"}
+    assert {a.path for a in client.list_artifacts(run_id, "scores")} == {"scores/step-16"}
+    assert [r.info.run_id for r in client.search_runs([exp])] == [run_id]  # no run of its own
