@@ -210,7 +210,20 @@ def open_train_data(corpus, tokenizer, tok_dir: str, seq_len: int, cache_dir: st
     views = {name: open_source(src, tokenizer, tok_dir, seq_len, cache_dir, tokenize_missing, settings, progress,
                                name=f"{corpus.name}/{name}" if mixture else name) for name, src in srcs.items()}
     weights = {name: (float(src.weight) if mixture else 1.0) for name, src in srcs.items()}
+    _check_one_batch(corpus.name, {n: v.total_tokens for n, v in views.items()}, mixture, global_batch, seq_len)
     return TrainData(views, weights, seed, global_batch, steps, {n: float(s.max_epochs) for n, s in srcs.items()})
+
+
+def _check_one_batch(corpus: str, tokens: dict[str, int], mixture: bool, global_batch: int, seq_len: int) -> None:
+    """A corpus (a recipe: all its sources together) must hold at least one global batch of sequences; a smaller
+    one would be read over and over within every step. Raises ValueError naming the corpus and the fix."""
+    have, need = sum(tokens.values()), global_batch * seq_len
+    if have >= need:
+        return
+    what = f"recipe {corpus!r} ({len(tokens)} sources together)" if mixture else f"corpus {corpus!r}"
+    raise ValueError(f"{what} holds {have:,} tokens, fewer than one batch of pretrain.global_batch={global_batch} x "
+                     f"pretrain.seq_len={seq_len} = {need:,} tokens: add data (corpus.paths, corpus.max_bytes) or "
+                     "lower pretrain.global_batch or pretrain.seq_len")
 
 
 # ------------------------------------------------------------------------------------------------ plans (no reading)

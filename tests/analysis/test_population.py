@@ -238,8 +238,12 @@ def test_proxy_analyze_model_selection_cli(store, tmp_path):
     table = pd.read_csv(out / "model_selection.csv")
     assert len(table) == 5 and table.set_index("method").loc["single best", "spearman_mean"] > 0.9
     assert "leave-2-tasks-out" in r.stdout and "single best" in r.stdout
-    bad = _analyze(root, tmp_path / "bad", "analysis=model_selection", "analysis.task_map={piqa: humaneval}", ok=False)
-    assert bad.returncode != 0 and "humaneval" in bad.stderr and "Traceback" not in bad.stderr
+    # a downstream task mapped to a trace task the population has no proxies of: the analysis refuses it
+    bad = _analyze(root, tmp_path / "bad", "analysis=model_selection", "++analysis.task_map={piqa: humaneval}", ok=False)
+    assert bad.returncode == 2 and "humaneval" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert "task_map" in bad.stderr
+    typo = _analyze(root, tmp_path / "bad", "analysis=model_selection", "analysis.task_map={piqa: humaneval}", ok=False)
+    assert typo.returncode == 2 and "++analysis.task_map=" in typo.stderr  # the one line says how a dict takes keys
     assert not (tmp_path / "bad" / "model_selection.csv").exists()
 
 
