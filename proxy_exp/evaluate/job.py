@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from proxy_exp import units
 from proxy_exp.config import EvaluateJobConfig, resolve_root
-from proxy_exp.models import load_model, model_ref, resolve_model, train_flops_of
+from proxy_exp.models import check_model_folder, load_model, model_ref, resolve_model, train_flops_of
 from proxy_exp.tracking import Run, keys
 
 
@@ -61,6 +61,7 @@ def _evaluate(cfg: EvaluateJobConfig, root: str, ref: str, uid: str) -> Evaluate
     t0 = time.time()
     if not cfg.model.path or not os.path.isdir(cfg.model.path):
         raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a model folder; give a local HF model folder")
+    check_model_folder(cfg.model)  # weights there (or the GGUF file), before the run is opened
     cache = os.path.join(root, "cache")
     prepared = prepare(cfg.evaluate, cache)
     placement = resolve_placement(cfg.model, cache_dir=cache)

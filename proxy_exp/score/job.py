@@ -15,7 +15,7 @@ import torch
 from proxy_exp import compute, units
 from proxy_exp.config import ScoreJobConfig, resolve_root
 from proxy_exp.devices import resolve_placement
-from proxy_exp.models import count_params, load_model, model_ref, resolve_model, train_flops_of
+from proxy_exp.models import check_model_folder, count_params, load_model, model_ref, resolve_model, train_flops_of
 from proxy_exp.tracking import Run, keys
 
 
@@ -66,6 +66,7 @@ def _score(cfg: ScoreJobConfig, root: str, ref: str, uid: str, progress: bool) -
     torch.set_num_threads(max(1, cfg.score.num_threads))
     udir = units.unit_dir(root, uid)
     traces = load_traces(cfg.traces)  # bad traces fail before anything is opened
+    check_model_folder(cfg.model)  # so does a model folder without weights (before the run is opened)
     placement = resolve_placement(cfg.model, cache_dir=cache)
     step = max(cfg.step, 0)
     tags = keys.unit_tags("score", uid, cfg.campaign, **cfg.tags, **keys.checkpoint_tags(cfg.step, cfg.tokens_seen))
