@@ -30,7 +30,12 @@ def configure(cfg: TrackingConfig, root: str) -> str:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    import logging
+
     import mlflow
+
+    # urllib3 logs each retry of a store that does not answer; proxy-exp says so itself, in one line
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
     uri = tracking_uri(cfg, root)
     mlflow.set_tracking_uri(uri)

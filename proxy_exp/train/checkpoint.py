@@ -57,9 +57,37 @@ def prune_checkpoints(ckpt_root: str, keep: int) -> None:
         shutil.rmtree(os.path.join(ckpt_root, f"step-{s}"), ignore_errors=True)
 
 
-def _disk_full(e: BaseException) -> bool:
-    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e) or (
-        "file write failed" in str(e))  # torch.save's zip writer on a full disk
+_FULL_MARKERS = ("No space left on device", "file write failed",  # torch.save's zip writer on a full disk
+                 "basic_ios::clear", "unexpected pos")  # ... as its C++ stream reports it (torch 2.x)
+
+
+def _disk_full(e: BaseException, folder: str) -> bool:
+    """Whether a failed save ran out of space: ENOSPC, a writer's message for it, or an I/O error on a filesystem
+    with (next to) nothing left."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:  # torch wraps the stream's error in another RuntimeError
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or any(m in str(e) for m in _FULL_MARKERS):
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _release(e: BaseException) -> None:
+    """Drop the locals of the frames an exception chain holds (the half-written file objects among them), so the
+    files are closed now rather than whenever the exception is collected."""
+    import gc
+    import traceback
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        e = e.__cause__ or e.__context__
+    gc.collect()
 
 
 def save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int,
@@ -72,15 +100,16 @@ def save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int,
     try:
         engine.save_checkpoint(ckpt_root, tag=tag, client_state={"step": step, "universal_checkpoint_info": {}})
     except (OSError, RuntimeError) as e:
-        if not _disk_full(e):
+        if not _disk_full(e, ckpt_root):
             raise
+        _release(e)  # the writer's frames hold the partial file open: its space is freed only once it is closed
         shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint: never resumed from, and it frees space
         kept = [f"step-{s}" for s in _complete_steps(ckpt_root)]
         raise OutputNotWritable(
-            f"the disk is full saving checkpoint {tag} in {ckpt_root} ({shutil.disk_usage(ckpt_root).free >> 20} MiB "
+            f"the disk is full saving checkpoint {tag} in {ckpt_root} ({shutil.disk_usage(ckpt_root).free >> 10} KiB "
             f"free): the partial checkpoint was removed; complete checkpoints kept: {', '.join(kept) or 'none'}. Free "
-            "space (or raise pretrain.keep_checkpoints' budget elsewhere), then rerun: it resumes from the last one"
-        ) from None
+            "space there (or lower pretrain.keep_checkpoints, or move paths.root), then rerun: it resumes from the "
+            "last one") from e
     if tdist.is_initialized():
         tdist.barrier()
     if is_main:
