@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.decisions import decision_accuracy_seeds, rank_correlations, ranks
+from analysis.held_out import held_out_selection
 from analysis.pareto import pareto_frontier
 from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, trace_seed_bootstrap
 from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS
@@ -26,7 +27,8 @@ from proxy_exp.tracking import keys as K
 # lm-eval's higher_is_better, logged by proxy-eval): truth_direction_from_runs, passed as truth_higher_is_better.
 DIRECT_EVAL = "direct eval"
 METHOD_COLUMNS = ["method", "family", "size", "label", "compute", "decision_accuracy",
-                  "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"] + CI_COLUMNS
+                  "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"] + CI_COLUMNS + [
+                  "chosen", "chosen_share"]  # held-out selection: the proxies chosen most often, in that share of splits
 
 
 @dataclass
@@ -55,6 +57,40 @@ class CampaignReport:
         m = self.methods[(self.methods["method"] == method) & (self.methods["size"] == size)]
         return None if m.empty else m.iloc[0]
 
+    def verdict_lines(self) -> list[str]:
+        """One line each: the a-priori proxy and the held-out proxy choice against cross-entropy, and the held-out
+        choice against small-scale direct evaluation, at the cheapest proxy size, with 95% CIs and compute; a
+        difference is called only where the intervals do not overlap."""
+        plain = self.methods[~self.methods["size"].astype(str).str.contains("@")]
+        if plain.empty:
+            return []
+        size = plain.sort_values("compute")["size"].iloc[0]
+        ho = plain[(plain["family"] == "held_out") & (plain["size"] == size)]
+        chosen = ho.iloc[0] if not ho.empty else None
+        ce, primary, direct = (self._row(m, size) for m in (self.ce_proxy, self.primary_proxy, DIRECT_EVAL))
+
+        def desc(name: str, r: pd.Series) -> str:
+            ci = f" [{r.da_lo:.2f}, {r.da_hi:.2f}]" if np.isfinite(r.da_lo) else " [no CI]"
+            return f"{name} {r.decision_accuracy:.2f}{ci} at compute {r.compute:.3g}"
+
+        def verdict(a_name: str, a: pd.Series | None, b_name: str, b: pd.Series | None) -> str | None:
+            if a is None or b is None or not (np.isfinite(a.decision_accuracy) and np.isfinite(b.decision_accuracy)):
+                return None
+            if np.isfinite(a.da_lo) and np.isfinite(b.da_hi) and a.da_lo > b.da_hi:
+                word = f"{a_name} decides better"
+            elif np.isfinite(b.da_lo) and np.isfinite(a.da_hi) and b.da_lo > a.da_hi:
+                word = f"{b_name} decides better"
+            else:
+                word = "no difference beyond the 95% CIs"
+            return f"verdict @ {size}: {desc(a_name, a)} vs {desc(b_name, b)}: {word}"
+
+        held = f"held-out proxy choice ({chosen.method})" if chosen is not None else ""
+        lines = [verdict(f"proxy {self.primary_proxy} (a priori)", primary, "cross-entropy", ce),
+                 verdict(held, chosen, "cross-entropy", ce) if chosen is not None else None,
+                 verdict(held or f"proxy {self.primary_proxy}", chosen if chosen is not None else primary,
+                         "direct evaluation", direct)]
+        return [line for line in lines if line]
+
     def summary_text(self) -> str:
         """A plain-text summary: ranking table, headline decision accuracies, their compute, best proxy."""
         def line(name: str, r: pd.Series | None) -> str:
@@ -82,6 +118,11 @@ class CampaignReport:
             out.append(line(f"primary proxy {self.primary_proxy}", self._row(self.primary_proxy, size)))
             out.append(line(f"cross-entropy {self.ce_proxy}", self._row(self.ce_proxy, size)))
             out.append(line(f"direct eval ({self.truth_metric})", self._row(DIRECT_EVAL, size)))
+            for r in self.methods[(self.methods["family"] == "held_out") & (self.methods["size"] == size)].itertuples():
+                out.append(f"  {r.method}: decision accuracy {r.decision_accuracy:.3f} [{r.da_lo:.2f}, {r.da_hi:.2f}] "
+                           f"over {int(r.n_corpora) * (int(r.n_corpora) - 1) // 2} held-out pairs, each decided by a "
+                           f"choice made on the other corpora (most often {r.chosen}, {r.chosen_share:.0%} of splits)")
+        out += ["", *self.verdict_lines()]
         if not checkpointed.empty:
             out.append(f"In-loop checkpoints: {checkpointed['size'].nunique()} (size@step) points x "
                        f"{checkpointed['method'].nunique()} proxies, compute "
@@ -163,6 +204,26 @@ def _checkpoint_rows(checkpoints: pd.DataFrame, scores: pd.DataFrame, keys: list
     if not rows:
         notes.append("checkpoints were given but no checkpoint step is shared by every proxy run of a size")
     return rows
+
+
+def _held_out_rows(oriented: pd.DataFrame, truth: pd.Series, size: str, compute: float, n_boot: int, seed: int,
+                   notes: list[str], prefer: list[str]) -> list[dict]:
+    """The single best proxy and the 3-sparse combination chosen out of sample (analysis/held_out.py: each corpus
+    pair decided by a choice made on the other corpora), as methods at ``size`` with the proxies' compute."""
+    oriented = oriented.dropna(axis=1, how="any")
+    if len(oriented.index.intersection(truth.index)) < 4:
+        notes.append(f"no held-out proxy selection at {size}: it needs >= 4 corpora")
+        return []
+    res = held_out_selection(oriented, truth, k=3, n_boot=n_boot, seed=seed, prefer=prefer)
+    out = []
+    for r in res.table.itertuples():
+        out.append({"method": r.method, "family": "held_out", "size": size, "label": f"{r.method} @ {size}",
+                    "compute": compute, "decision_accuracy": r.decision_accuracy,
+                    "decision_accuracy_per_seed_mean": np.nan, "spearman": np.nan, "kendall": np.nan,
+                    "n_corpora": len(oriented), "n_seeds": np.nan, "da_lo": r.da_lo, "da_hi": r.da_hi,
+                    "spearman_lo": np.nan, "spearman_hi": np.nan, "chosen": r.chosen,
+                    "chosen_share": r.chosen_share})
+    return out
 
 
 def truth_spread_note(truth_by_seed: pd.DataFrame) -> str:
@@ -281,14 +342,18 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
                 cis = trace_seed_bootstrap(traces_here, names, lower, truth_by_seed, truth_lower, n_boot, boot_seed)
             except ValueError as e:
                 notes.append(f"no trace bootstrap at {size}: {e}")
+        oriented = {}
         for key, method, low in zip(keys, names, lower):
             by_seed = _by_seed(sub, key, size, notes)
             family = "ce" if method == ce_proxy else "proxy"
             ci = (cis.loc[method].to_dict() if cis is not None else
                   seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed))
+            compute = _compute(sub, K.FLOPS_SCORE, by_seed.index, target_flops)
             rows.append({"method": method, "family": family, "size": size, "label": f"{method} @ {size}",
-                         "compute": _compute(sub, K.FLOPS_SCORE, by_seed.index, target_flops),
-                         **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
+                         "compute": compute, **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
+            oriented[method] = -by_seed.mean(axis=1) if low else by_seed.mean(axis=1)
+        rows += _held_out_rows(pd.DataFrame(oriented), -truth if truth_lower else truth, size, compute, n_boot,
+                               boot_seed, notes, prefer=[primary_proxy])
 
     if checkpoints is not None and not checkpoints.empty:
         rows += _checkpoint_rows(checkpoints, scores, keys, names, lower, ce_proxy, truth, truth_by_seed, truth_lower,

@@ -24,7 +24,7 @@ def report():
 
 def test_campaign_decisions_planted(report):
     m = report.methods.set_index(["method", "size"])
-    assert len(report.methods) == len(STATISTICS) * len(WEIGHTINGS) + 1
+    assert len(report.methods) == len(STATISTICS) * len(WEIGHTINGS) + 1 + 2  # + held-out single best, 3-sparse
     assert m.loc[("top5/freq", "xs"), "decision_accuracy"] == pytest.approx(1.0)
     assert m.loc[("top5/freq", "xs"), "spearman"] == pytest.approx(1.0)
     assert m.loc[("ce/uniform", "xs"), "decision_accuracy"] == pytest.approx(0.0)
@@ -52,6 +52,14 @@ def test_campaign_decisions_planted(report):
     assert "primary proxy top5/freq: decision accuracy 1.000" in text
     assert "cross-entropy ce/uniform: decision accuracy 0.000" in text
     assert "best proxy (picked on these same corpora, so optimistic) top5/freq @ xs" in text
+    # chosen out of sample: the planted proxy fits every held-in set (ties go to the a-priori primary proxy)
+    held = m.loc[("single best (held out)", "xs")]
+    assert held["family"] == "held_out" and held["decision_accuracy"] == 1.0 and held["chosen"] == "top5/freq"
+    assert "single best (held out): decision accuracy 1.000" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("verdict @ xs")]
+    assert len(verdicts) == 3
+    assert verdicts[0].endswith("proxy top5/freq (a priori) decides better")  # 1.00 [1, 1] vs ce 0.00 [0, 0]
+    assert "vs direct evaluation 0.90 [0.90, 0.90]" in verdicts[2] and verdicts[2].endswith("decides better")
 
 
 def test_campaign_decisions_needs_truth():

@@ -1,0 +1,130 @@
+"""Proxy selection out of sample for data decisions (setting 2), as the paper does it: which proxy (or k-sparse
+combination) to trust is chosen on **held-in** corpora and judged only on **held-out** ones.
+
+Splits are leave-two-corpora-out: each split holds out one pair of corpora, chooses on the pairs among the other
+corpora, and then decides the held-out pair. With n corpora that gives C(n, 2) splits, and every pair is decided
+exactly once by a choice that never saw it: the out-of-sample decision accuracy is the share of those held-out
+decisions that are right (a tie in the prediction counts 1/2, a tie in the truth is skipped, as in
+:func:`analysis.decisions.pairwise_decision_accuracy`).
+
+- **single best**: the proxy with the highest decision accuracy on the held-in pairs (ties: higher Spearman rho, then
+  the proxies named in ``prefer``, the campaign's a-priori primary proxy, then the name), applied to the held-out
+  pair. With few held-in corpora many proxies tie at a perfect fit; the a-priori choice is the honest tie-break.
+- **k-sparse**: greedy forward selection of up to ``k`` proxies whose mean z-score (z-scored over the held-in corpora,
+  oriented so higher is better) has the highest held-in decision accuracy (ties: fewer proxies, then rho); the
+  held-out corpora are z-scored with the held-in mean and spread.
+
+The choice sees only the held-in rows: :func:`choose` is given the held-in slice, never the held-out one
+(tests/analysis/test_held_out.py plants a proxy that is perfect on a held-out pair and wrong on the held-in ones,
+and one that is perfect held-in and wrong held-out). The 95% interval is a percentile bootstrap over the held-out
+decisions (they share corpora, so it is optimistic about independence; the note says so).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.decisions import pairwise_decision_accuracy
+from analysis.uncertainty import _da_and_rho, percentile_interval
+
+@dataclass
+class Choice:
+    """What one split chose: the proxies (one for single best) and how they combine (z-scored over held-in)."""
+
+    proxies: tuple[str, ...]
+    mean: np.ndarray  # held-in mean of each chosen proxy (oriented)
+    std: np.ndarray  # held-in standard deviation (1 where constant)
+    held_in_da: float
+
+    def predict(self, oriented: pd.DataFrame) -> np.ndarray:
+        """The combined score of each row of ``oriented`` (corpora x proxies, higher better)."""
+        z = (oriented[list(self.proxies)].to_numpy(dtype=float) - self.mean) / self.std
+        return z.mean(axis=1)
+
+
+def _zstats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def choose(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str] = ()) -> Choice:
+    """The single best proxy (``k=1``) or a greedy k-sparse combination, chosen on ``held_in`` (corpora x proxies,
+    oriented so higher is better) against ``truth`` (the same corpora, higher better); ties go to ``prefer`` (in
+    order), then to the alphabetically first name. Nothing else is seen."""
+    names = list(held_in.columns)
+    rank_of = {name: i for i, name in enumerate(sorted(names, key=lambda n: (n not in prefer,
+                                                                               list(prefer).index(n) if n in prefer
+                                                                               else 0, n)))}
+    x = held_in.to_numpy(dtype=float)
+    t = truth.loc[held_in.index].to_numpy(dtype=float)
+    mean, std = _zstats(x)
+    z = (x - mean) / std
+    chosen: list[int] = []
+    best_key: tuple = (-np.inf,)
+    for _ in range(k):
+        candidates = [j for j in range(len(names)) if j not in chosen]
+        if not candidates:
+            break
+        combos = np.stack([z[:, chosen + [j]].mean(axis=1) for j in candidates], axis=1)
+        da, rho = _da_and_rho(combos, t)
+        keys = [(np.nan_to_num(d, nan=-1.0), np.nan_to_num(r, nan=-2.0), -len(chosen) - 1) for d, r in zip(da, rho)]
+        i = min(range(len(candidates)), key=lambda i: (tuple(-v for v in keys[i]), rank_of[names[candidates[i]]]))
+        if chosen and keys[i][:2] <= best_key[:2]:  # adding a proxy must improve the held-in fit
+            break
+        chosen.append(candidates[i])
+        best_key = keys[i]
+    cols = [names[j] for j in chosen]
+    return Choice(tuple(cols), mean[chosen], std[chosen], float(best_key[0]))
+
+
+@dataclass
+class HeldOutResult:
+    """Per method: decision accuracy over the held-out pairs with its interval; which proxies the splits chose."""
+
+    table: pd.DataFrame  # method, decision_accuracy, da_lo, da_hi, n_pairs, chosen (most frequent), chosen_share
+    decisions: pd.DataFrame  # method, held_out (a|b), correct (0, 0.5, 1), chosen, held_in_da
+
+
+def held_out_selection(oriented: pd.DataFrame, truth: pd.Series, k: int = 3, n_boot: int = 1000,
+                       seed: int = 0, splits: Sequence[tuple[str, str]] | None = None,
+                       prefer: Sequence[str] = ()) -> HeldOutResult:
+    """Leave-two-corpora-out selection of the single best proxy and a ``k``-sparse combination.
+
+    ``oriented``: corpora x proxies (seed means, oriented so higher is better); ``truth``: per corpus, higher better.
+    ``splits``: the held-out pairs (default every pair); ``prefer``: proxies that win ties (:func:`choose`). Needs at least 4 corpora (so that the held-in part has
+    pairs to choose on)."""
+    corpora = list(oriented.index.intersection(truth.index))
+    if len(corpora) < 4:
+        raise ValueError(f"held-out proxy selection needs >= 4 corpora (held-in pairs to choose on); got "
+                         f"{len(corpora)}: {corpora}")
+    oriented = oriented.loc[corpora]
+    truth = truth.loc[corpora].astype(float)
+    rows = []
+    for a, b in (splits if splits is not None else combinations(corpora, 2)):
+        if truth[a] == truth[b]:
+            continue  # no winner to predict
+        held_in = [c for c in corpora if c not in (a, b)]
+        for method, kk in (("single best (held out)", 1), (f"{k}-sparse (held out)", k)):
+            choice = choose(oriented.loc[held_in], truth.loc[held_in], kk, prefer)
+            pred = choice.predict(oriented.loc[[a, b]])
+            score = float(pairwise_decision_accuracy(pred[:, None], truth.loc[[a, b]].to_numpy())[0])
+            rows.append({"method": method, "held_out": f"{a}|{b}", "correct": score, "chosen": "+".join(choice.proxies),
+                         "held_in_da": choice.held_in_da})
+    decisions = pd.DataFrame(rows, columns=["method", "held_out", "correct", "chosen", "held_in_da"])
+    rng = np.random.default_rng(seed)
+    table = []
+    for method, sub in decisions.groupby("method", sort=False):
+        c = sub["correct"].to_numpy()
+        boots = c[rng.integers(0, len(c), size=(n_boot, len(c)))].mean(axis=1) if len(c) else np.array([np.nan])
+        lo, hi = percentile_interval(boots)
+        top = sub["chosen"].value_counts()
+        table.append({"method": method, "decision_accuracy": float(c.mean()) if len(c) else np.nan,
+                      "da_lo": float(lo), "da_hi": float(hi), "n_pairs": len(c),
+                      "chosen": top.index[0] if len(top) else "", "chosen_share": float(top.iloc[0] / len(sub))
+                      if len(top) else np.nan})
+    return HeldOutResult(pd.DataFrame(table), decisions)
