@@ -48,6 +48,15 @@ class _RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
+
+def _without_weights(src: str, dst: str) -> str:
+    """A copy of the model folder ``src`` without its safetensors weights."""
+    os.makedirs(dst)
+    for name in os.listdir(src):
+        if not name.endswith(".safetensors"):
+            shutil.copy(os.path.join(src, name), dst)
+    return dst
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Tiny model folders (2-layer, 32-dim Llama; a BPE tokenizer of 300 tokens), good and bad."""
@@ -62,11 +71,7 @@ def folders(tmp_path_factory):
     out = {}
     # a padded embedding (more rows than tokens) is legitimate
     out["good"] = _save(_llama(TOK_VOCAB + 20), tok, str(base / "good"))
-    out["no_weights"] = str(base / "no_weights")
-    os.makedirs(out["no_weights"])
-    for name in os.listdir(out["good"]):
-        if not name.endswith(".safetensors"):
-            shutil.copy(os.path.join(out["good"], name), out["no_weights"])
+    out["no_weights"] = _without_weights(out["good"], str(base / "no_weights"))
     # config.json of another width than the weights: size mismatches
     out["other_width"] = str(base / "other_width")
     shutil.copytree(out["good"], out["other_width"])
@@ -80,11 +85,7 @@ def folders(tmp_path_factory):
     # a tokenizer of 300 tokens with a model of 280 embedding rows
     out["big_tokenizer"] = _save(_llama(TOK_VOCAB - 20), tok, str(base / "big_tokenizer"))
     # a pytorch_model.bin that is a pickle of more than tensors
-    out["pickle"] = str(base / "pickle")
-    os.makedirs(out["pickle"])
-    for name in os.listdir(out["good"]):
-        if not name.endswith(".safetensors"):
-            shutil.copy(os.path.join(out["good"], name), out["pickle"])
+    out["pickle"] = _without_weights(out["good"], str(base / "pickle"))
     out["pickle_marker"] = str(base / "pickle_ran")
     torch.save({"model.embed_tokens.weight": torch.zeros(2, 2), "x": _RunsCode(out["pickle_marker"])},
                os.path.join(out["pickle"], "pytorch_model.bin"))
