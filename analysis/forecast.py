@@ -290,6 +290,17 @@ def _rmse(pred: np.ndarray, measured: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pred - measured) ** 2)))
 
 
+def rmse_stderr(pred: Sequence[float], measured: Sequence[float], n_boot: int = 1000, seed: int = 0) -> float:
+    """Standard error of the RMSE over the held-out checkpoints: the sd of the RMSE over bootstrap resamples of the
+    checkpoints (neighbouring checkpoints are correlated, so this is a lower bound on the uncertainty)."""
+    err = (np.asarray(pred, dtype=float) - np.asarray(measured, dtype=float)) ** 2
+    err = err[np.isfinite(err)]
+    if err.size < 2:
+        return float("nan")
+    idx = np.random.default_rng(seed).integers(0, err.size, size=(n_boot, err.size))
+    return float(np.sqrt(err[idx].mean(axis=1)).std(ddof=1))
+
+
 def forecast(steps: Sequence[float], proxy: Sequence[float], accuracy: Sequence[float], fit_until_step: float,
              horizon_multiple: float = 18.0,
              accuracy_bounds: tuple[float, float] = (0.0, 1.0)) -> ForecastResult:
@@ -343,7 +354,7 @@ def accuracy_bounds(values: Sequence[float], configured: Sequence[float] = ()) -
 
 
 # --------------------------------------------------------------------------- one run's report
-REPORT_COLUMNS = ["method", "rmse", "mean_stderr", "n_fit", "n_held_out", "fit_until_step", "horizon_step", "note"]
+REPORT_COLUMNS = ["method", "rmse", "rmse_stderr", "mean_stderr", "n_fit", "n_held_out", "fit_until_step", "horizon_step", "note"]
 
 
 def forecast_report(history: pd.DataFrame, proxy: str, ce: str, accuracy: str, horizon_multiple: float = 18.0,
@@ -377,12 +388,15 @@ def forecast_report(history: pd.DataFrame, proxy: str, ce: str, accuracy: str, h
         try:
             res = fn()
         except (ValueError, RuntimeError) as e:  # curve_fit's RuntimeError: no convergence
-            rows.append({"method": name, "rmse": np.nan, "mean_stderr": np.nan, "n_fit": 0, "n_held_out": 0,
+            rows.append({"method": name, "rmse": np.nan, "rmse_stderr": np.nan, "mean_stderr": np.nan, "n_fit": 0,
+                         "n_held_out": 0,
                          "fit_until_step": until, "horizon_step": until * horizon_multiple, "note": str(e)[:200]})
             continue
         se = res.table["stderr"].to_numpy(float)
         se = se[np.isfinite(se)]
-        rows.append({"method": name, "rmse": res.rmse, "mean_stderr": float(se.mean()) if se.size else float("nan"),
+        rows.append({"method": name, "rmse": res.rmse,
+                     "rmse_stderr": rmse_stderr(res.table["predicted"], res.table["measured"]),
+                     "mean_stderr": float(se.mean()) if se.size else float("nan"),
                      "n_fit": res.n_fit, "n_held_out": len(res.table), "fit_until_step": until,
                      "horizon_step": until * horizon_multiple,
                      "note": "; ".join(res.notes + (["stderr undefined at some checkpoints (no residual degrees of "

@@ -156,6 +156,19 @@ def analyze_model_selection(tcfg: TrackingConfig, root: str, out_dir: str, acfg:
     return files
 
 
+def warmup_note(uri: str, run_id: str, last_step: float, fit_until: float) -> str:
+    """Whether the fitted early window lies past the run's learning-rate warm-up (pretrain.warmup_frac of its steps,
+    as the train run logged it): a fit that ends inside the warm-up extrapolates the warm-up, not the run."""
+    frac = query.run_params(uri, run_id).get("pretrain.warmup_frac")
+    if frac is None:
+        return "learning-rate warm-up: not logged by this run (a run of another loop); check it ends before the fit window"
+    warm = float(frac) * last_step
+    where = ("past it: the forecast is judged on its merits" if warm < fit_until else
+             "INSIDE it: the fit sees the warm-up, not the run; lower pretrain.warmup_frac or train longer")
+    return (f"learning-rate warm-up: {warm:.0f} steps (pretrain.warmup_frac={float(frac):g}); the fit window ends at "
+            f"step {fit_until:.0f}, {where}")
+
+
 def analyze_forecast(tcfg: TrackingConfig, root: str, out_dir: str, acfg: AnalysisConfig) -> dict:
     """Setting 3 on one run's in-loop checkpoints: RMSE of proxy, ce and compute-only forecasts."""
     from analysis.forecast import accuracy_bounds, forecast_report
@@ -184,6 +197,7 @@ def analyze_forecast(tcfg: TrackingConfig, root: str, out_dir: str, acfg: Analys
                    f"{len(hist)} checkpoints, fitted on steps <= {table['fit_until_step'].iloc[0]:.0f}, "
                    f"forecast to {acfg.horizon_multiple:g}x that compute\n"
                    + table.drop(columns=["fit_until_step"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        summary += "\n" + warmup_note(uri, run_id, float(hist["step"].max()), float(table["fit_until_step"].iloc[0]))
     with open(os.path.join(out_dir, "summary.txt"), "w") as f:
         f.write(summary + "\n")
     if acfg.plots:

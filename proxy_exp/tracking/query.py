@@ -71,6 +71,11 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(int(m.step), float(m.value)) for m in _client(uri).get_metric_history(run_id, key)]
 
 
+def run_params(uri: str, run_id: str) -> dict[str, str]:
+    """The params of one run."""
+    return dict(_client(uri).get_run(run_id).data.params)
+
+
 def latest_metrics(uri: str, run_id: str) -> dict[str, float]:
     """The latest value of every metric of a run."""
     return dict(_client(uri).get_run(run_id).data.metrics)

@@ -105,3 +105,13 @@ def test_too_few_points_and_bad_inputs_raise():
         forecast(steps, ce, accuracy, fit_until_step=steps[-1])
     with pytest.raises(ValueError, match="one proxy per checkpoint"):
         forecast(steps, ce[:-1], accuracy, fit_until_step=8e4)
+
+
+def test_rmse_stderr_shrinks_with_more_checkpoints():
+    from analysis.forecast import rmse_stderr
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0, 0.1, 8), rng.normal(0, 0.1, 200)
+    se_few, se_many = rmse_stderr(few, np.zeros(8)), rmse_stderr(many, np.zeros(200))
+    assert 0 < se_many < se_few < 0.1
+    assert np.isnan(rmse_stderr([1.0], [0.0]))  # one checkpoint: no spread to estimate

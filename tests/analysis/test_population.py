@@ -257,13 +257,16 @@ def test_proxy_analyze_forecast_cli_on_logged_history(tmp_path):
     acc = sigmoid(proxy, 0.25, 0.9, 12.0, 0.45) + rng.normal(0, 0.003, steps.size)
     hist = {int(s): {"proxy/top5/freq": float(p), "proxy/ce/uniform": float(c), "eval/mean/acc": float(a)}
             for s, p, c, a in zip(steps, proxy, ce, acc)}
-    run_id = _log(tmp_path, "train", tracking.unit_tags("train", "t0", ""), {}, {}, hist)
+    run_id = _log(tmp_path, "train", tracking.unit_tags("train", "t0", ""), {"pretrain.warmup_frac": 0.01}, {}, hist)
     out = tmp_path / "fc"
     r = _analyze(tmp_path, out, "analysis=forecast", "analysis.fit_fraction=0.0556")
     table = pd.read_csv(out / "forecast.csv").set_index("method")
     assert run_id in r.stdout and (out / "forecast.png").is_file()
     proxy_rmse = table.loc["two-step from top5/freq", "rmse"]
     assert proxy_rmse < 0.03 and table.loc["compute-only", "rmse"] > 2 * proxy_rmse
+    assert (table["rmse_stderr"] > 0).all() and (table["rmse_stderr"] < table["rmse"]).all()
+    # the warm-up (1% of 7,200 steps = 72) ends before the fit window (steps <= 400): said in the summary
+    assert "learning-rate warm-up: 72 steps" in r.stdout and "past it" in r.stdout
     assert table["n_fit"].min() >= 4 and (table["n_held_out"] > 0).all()
     missing = _analyze(tmp_path, tmp_path / "fc2", "analysis=forecast", "analysis.accuracy_metric=eval/mean/nope",
                        ok=False)
