@@ -26,6 +26,12 @@ from proxy_exp.tracking import keys as K
 # The direction of the truth metric eval/mean/<metric> comes from the evaluate runs (param eval.higher_is_better:
 # lm-eval's higher_is_better, logged by proxy-eval): truth_direction_from_runs, passed as truth_higher_is_better.
 DIRECT_EVAL = "direct eval"
+# The recipes campaign at DataDecide's scale (README, setting 2): OLMo's tokenizer, 100 tokens per parameter, proxies
+# of ~20M and ~150M against a ~1B target, on Slurm (point the recipes' sources at your own shards first)
+CLUSTER_COMMAND = ("proxy-campaign tokenizer=olmo pretrain=datadecide executor.kind=slurm "
+                   "'+model@campaign.sizes.dd_20m=dd_20m' '+model@campaign.sizes.dd_150m=dd_150m' "
+                   "'+model@campaign.sizes.dd_1b=dd_1b' 'campaign.proxy_sizes=[dd_20m,dd_150m]' "
+                   "campaign.target_size=dd_1b")
 METHOD_COLUMNS = ["method", "family", "size", "label", "compute", "decision_accuracy",
                   "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"] + CI_COLUMNS + [
                   "chosen", "chosen_share"]  # held-out selection: the proxies chosen most often, in that share of splits
@@ -89,7 +95,14 @@ class CampaignReport:
                  verdict(held, chosen, "cross-entropy", ce) if chosen is not None else None,
                  verdict(held or f"proxy {self.primary_proxy}", chosen if chosen is not None else primary,
                          "direct evaluation", direct)]
-        return [line for line in lines if line]
+        lines = [line for line in lines if line]
+        if lines and all(line.endswith("no difference beyond the 95% CIs") for line in lines):
+            n = len(self.truth)
+            lines.append(f"scale: at this campaign's scale the methods cannot be told apart ({n} corpora, "
+                         f"{n * (n - 1) // 2} pairs; proxies at {plain.loc[plain['size'] == size, 'compute'].min():.3g} "
+                         "of a target run): the paper's effect needs ~1B targets, proxies 100-1000x smaller and "
+                         f"recipes no single factor orders; the same campaign at cluster scale: {CLUSTER_COMMAND}")
+        return lines
 
     def summary_text(self) -> str:
         """A plain-text summary: ranking table, headline decision accuracies, their compute, best proxy."""

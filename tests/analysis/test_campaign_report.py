@@ -126,3 +126,19 @@ def test_truth_metric_and_its_direction():
     runs.loc[runs.index[evaluate][0], "params." + HIGHER_IS_BETTER_PARAM] = json.dumps({"bits_per_byte": True})
     with pytest.raises(ValueError, match="disagree"):
         truth_direction_from_runs(runs, "bits_per_byte")
+
+
+def test_verdicts_that_call_no_difference_say_why_and_how_to_scale_up(report):
+    """Where every method decides alike within its CI (as the default campaign does on 2 cores), the summary says
+    the scale cannot separate them and gives the command of the same campaign at cluster scale."""
+    import dataclasses
+
+    from analysis.campaign_report import CLUSTER_COMMAND
+
+    methods = report.methods.copy()
+    methods[["decision_accuracy", "da_lo", "da_hi"]] = [0.9, 0.8, 1.0]
+    lines = dataclasses.replace(report, methods=methods).verdict_lines()
+    assert len(lines) == 4 and all("no difference beyond the 95% CIs" in line for line in lines[:3])
+    assert lines[3].startswith("scale: at this campaign's scale the methods cannot be told apart (5 corpora, 10 pairs")
+    assert CLUSTER_COMMAND in lines[3] and "campaign.target_size=dd_1b" in CLUSTER_COMMAND
+    assert not any(line.startswith("scale:") for line in report.verdict_lines())  # the planted report calls some

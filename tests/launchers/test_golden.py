@@ -10,8 +10,11 @@ from tests.helpers import golden
 
 pytestmark = pytest.mark.golden
 
-PLANS = {"mini": [], "tiny": ["campaign=tiny"], "mini_2seeds": ["campaign.seeds=[0,1]", "campaign.target_seeds=[0,1]"],
-         "datadecide": ["pretrain=datadecide"], "pretrained_tok": ["tokenizer=pretrained", "tokenizer.path=/abs/tok"]}
+PLANS = {"mini": ["campaign=mini"], "tiny": ["campaign=tiny"],
+         "mini_2seeds": ["campaign=mini", "campaign.seeds=[0,1]", "campaign.target_seeds=[0,1]"],
+         "datadecide": ["campaign=mini", "pretrain=datadecide"],
+         "pretrained_tok": ["campaign=mini", "tokenizer=pretrained", "tokenizer.path=/abs/tok"],
+         "recipes (the default)": []}
 
 
 def test_unit_ids_never_drift(compose_cfg):

@@ -46,10 +46,13 @@ def test_every_group_option_composes(compose_cfg, group, option):
 
 
 def test_campaign_groups_fill_typed_dicts(compose_cfg):
-    job = app.to_job(compose_cfg("campaign"), C.CampaignJobConfig)
+    job = app.to_job(compose_cfg("campaign", ["campaign=mini"]), C.CampaignJobConfig)
     assert set(job.campaign.corpora) == {"python_code", "shakespeare", "wikipedia", "llm_math"}
     assert all(isinstance(c, C.CorpusConfig) for c in job.campaign.corpora.values())
     assert isinstance(job.campaign.sizes["s"], C.ModelConfig) and job.campaign.sizes["s"].d_model == 64
+    recipes = app.to_job(compose_cfg("campaign"), C.CampaignJobConfig).campaign  # the default: recipes of sources
+    assert all(isinstance(m, C.MixSourceConfig) for r in recipes.corpora.values() for m in r.mix.values())
+    assert recipes.corpora["wiki20"].mix["wiki"].source == "wikipedia" and recipes.corpora["wiki20"].mix["wiki"].weight == 0.2
 
 
 def test_unknown_key_fails_with_its_name(compose_cfg):
@@ -100,7 +103,7 @@ def test_cli_dry_runs_print_plan(tmp_path, compose_cfg):
     r = run_cli("proxy-campaign", "action=plan", f"paths.root={tmp_path}", timeout=180)
     job = app.to_job(compose_cfg("campaign", [f"paths.root={tmp_path}"]), C.CampaignJobConfig)
     trains = [u for u in plan_campaign(job) if u.kind == "train"]
-    assert "29 units (1 bpe, 4 tokenize, 8 train, 8 score, 8 evaluate), 0 already done" in r.stdout
+    assert "61 units (1 bpe, 4 tokenize, 24 train, 8 score, 24 evaluate), 0 already done" in r.stdout
     for u in trains:  # one table row per training unit, with the unit's own step count
         row = next(line for line in r.stdout.splitlines() if u.id in line)
         assert str(plan_training(u.config, job.tokenizer.vocab_size).steps) in row.split()
