@@ -98,6 +98,14 @@ def test_jsonl_missing_field_names_file_row_and_field(tmp_path):
         load_traces(TracesConfig(source="jsonl", paths=[str(no_column)], tasks=[]))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_traces(TracesConfig(source="jsonl", paths=[str(tmp_path / "absent.jsonl")], tasks=[]))
+    malformed = tmp_path / "malformed.jsonl"  # a line cut in half: the file and the line, not a JSON traceback
+    malformed.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:40] + "\n")
+    with pytest.raises(ValueError, match=r"malformed.jsonl, line 2: not valid JSON \(.*\); each line must be one object"):
+        load_traces(TracesConfig(source="jsonl", paths=[str(malformed)], tasks=[]))
+    empty = tmp_path / "empty_solution.jsonl"
+    empty.write_text(json.dumps({**rows[0], "solution": "  "}) + "\n")
+    with pytest.raises(ValueError, match="empty_solution.jsonl, line 1"):
+        load_traces(TracesConfig(source="jsonl", paths=[str(empty)], tasks=[]))
 
 
 def test_sciq_traces_are_support_paragraphs_disjoint_from_the_evaluated_docs():
