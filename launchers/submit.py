@@ -66,11 +66,18 @@ def run_unit_group(kind: str, configs: list, raise_on_failure: bool = True) -> l
     return outcomes
 
 
-def kind_resources(ex: ExecutorConfig, kind: str) -> dict[str, Any]:
-    """What a unit kind's jobs ask for: ``executor.<kind>`` where set (``executor.data`` for the bpe and tokenize
-    units, which need no GPU unless it says so), else the executor's own values."""
+def kind_resources(ex: ExecutorConfig, kind: str, role: str = "") -> dict[str, Any]:
+    """What a unit kind's jobs ask for: ``executor.target.<kind>`` for a target model's units where set, then
+    ``executor.<kind>`` where set (``executor.data`` for the bpe and tokenize units, which need no GPU unless it
+    says so), else the executor's own values."""
     r = getattr(ex, "data" if kind in ("bpe", "tokenize") else kind, None)
     r = r if isinstance(r, UnitResources) else UnitResources()
+    t = getattr(ex.target, kind, None) if role == "target" else None
+    if isinstance(t, UnitResources):  # the target's own values over the kind's
+        r = UnitResources(gpus_per_node=t.gpus_per_node if t.gpus_per_node >= 0 else r.gpus_per_node,
+                          cpus_per_task=t.cpus_per_task or r.cpus_per_task, mem_gb=t.mem_gb or r.mem_gb,
+                          timeout_min=t.timeout_min or r.timeout_min,
+                          additional_parameters={**r.additional_parameters, **t.additional_parameters})
     return {"gpus_per_node": ex.gpus_per_node if r.gpus_per_node < 0 else r.gpus_per_node,
             "cpus_per_task": r.cpus_per_task or ex.cpus_per_task, "timeout_min": r.timeout_min or ex.timeout_min,
             "mem_gb": r.mem_gb, "additional_parameters": {**ex.additional_parameters, **r.additional_parameters}}
@@ -81,7 +88,7 @@ def train_gpus(u: Unit, ex: ExecutorConfig) -> int:
     allocation (``executor.train.gpus_per_node``, or ``executor.gpus_per_node``). Both set and different, or CPU
     training asked for while GPUs are allocated, is an error naming the two settings."""
     p = u.config.pretrain
-    allocated = kind_resources(ex, "train")["gpus_per_node"]
+    allocated = kind_resources(ex, "train", u.role)["gpus_per_node"]
     if p.gpus_per_node < 0:
         return max(0, allocated)
     if allocated and allocated != p.gpus_per_node:
@@ -109,11 +116,11 @@ class Outcome:
     logs: dict[str, str] = field(default_factory=dict)  # unit id -> submitit log path
 
 
-def make_executor(ex: ExecutorConfig, folder: str, kind: str = ""):
-    """A submitit executor for jobs of unit kind ``kind`` (its resources: :func:`kind_resources`)."""
+def make_executor(ex: ExecutorConfig, folder: str, kind: str = "", role: str = ""):
+    """A submitit executor for jobs of unit kind ``kind`` of ``role`` (its resources: :func:`kind_resources`)."""
     import submitit
 
-    res = kind_resources(ex, kind)
+    res = kind_resources(ex, kind, role)
     if ex.kind == ExecutorKind.local:
         executor = submitit.AutoExecutor(folder=folder, cluster="local")
         executor.update_parameters(timeout_min=res["timeout_min"], cpus_per_task=res["cpus_per_task"])
@@ -200,7 +207,8 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
                               and all(d in finished for d in v.depends_on)][:per_job - 1]
                 for v in group:
                     pending.remove(v)
-                executor = executors.get(u.kind) or executors.setdefault(u.kind, make_executor(ex, folder, u.kind))
+                key = (u.kind, u.role)
+                executor = executors.get(key) or executors.setdefault(key, make_executor(ex, folder, u.kind, u.role))
                 executor.update_parameters(name=f"proxy-{u.kind}-{u.id[-12:]}")
                 if len(group) == 1:
                     job = executor.submit(run_unit, u.kind, u.config)
@@ -267,17 +275,19 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
     with submitit.helpers.clean_env(extra_names=("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
         executors: dict[str, Any] = {}
 
-        def after(deps: list[str], kind: str) -> dict[str, Any]:
+        def after(deps: list[str], kind: str, role: str = "") -> dict[str, Any]:
             """The kind's extra sbatch parameters, plus afterok on the jobs of ``deps`` that are pending or running."""
-            extra = dict(kind_resources(ex, kind)["additional_parameters"])
+            extra = dict(kind_resources(ex, kind, role)["additional_parameters"])
             jobs = list(dict.fromkeys(job_of[d] for d in deps if d in job_of))
             if jobs:
                 extra.update({"dependency": "afterok:" + ":".join(jobs), "kill_on_invalid_dep": "yes"})
             return extra
 
         def submit_one(u: Unit) -> None:
-            executor = executors.get(u.kind) or executors.setdefault(u.kind, make_executor(ex, folder, u.kind))
-            executor.update_parameters(name=f"proxy-{u.kind}", slurm_additional_parameters=after(u.depends_on, u.kind))
+            key = (u.kind, u.role)
+            executor = executors.get(key) or executors.setdefault(key, make_executor(ex, folder, u.kind, u.role))
+            executor.update_parameters(name=f"proxy-{u.kind}",
+                                       slurm_additional_parameters=after(u.depends_on, u.kind, u.role))
             record(u, executor.submit(run_unit, u.kind, u.config))
 
         limit = max_array_size()
@@ -307,11 +317,12 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
         for u in chosen:
             if u.kind == "train":
                 deps = tuple(sorted({job_of[d] for d in u.depends_on if d in job_of}))
-                groups.setdefault((tuple(sorted(_train_resources(u, ex).items())), deps), []).append(u)
-        for (shape, _), us in groups.items():
-            executor = make_executor(ex, folder, "train")
+                groups.setdefault((tuple(sorted(_train_resources(u, ex).items())), deps, u.role), []).append(u)
+        for (shape, _, role), us in groups.items():
+            executor = make_executor(ex, folder, "train", role)
             executor.update_parameters(name="proxy-train", slurm_array_parallelism=max(1, ex.max_parallel),
-                                       slurm_additional_parameters=after(us[0].depends_on, "train"), **dict(shape))
+                                       slurm_additional_parameters=after(us[0].depends_on, "train", role),
+                                       **dict(shape))
             per_job = max(1, ex.units_per_job) if all(groupable(u, ex) for u in us) else 1
             bundles = [us[i:i + per_job] for i in range(0, len(us), per_job)]
             for i in range(0, len(bundles), limit):

@@ -303,6 +303,17 @@ class UnitResources:
 
 
 @dataclass
+class TargetResources:
+    """What the target models' jobs ask for where it differs from the proxies' (executor.target.train / score /
+    evaluate): a 1B target's training, or a 70B target's scoring, needs a node where a 10M proxy needs a fraction of
+    a GPU. A field left at its default takes executor.<kind>'s value (then the executor's own)."""
+
+    train: UnitResources = field(default_factory=UnitResources)
+    score: UnitResources = field(default_factory=UnitResources)
+    evaluate: UnitResources = field(default_factory=UnitResources)
+
+
+@dataclass
 class ExecutorConfig:
     """How units are run: in this process, submitit's local executor, or Slurm."""
 
@@ -327,6 +338,8 @@ class ExecutorConfig:
     # the data units (bpe, tokenize): CPU work, so no GPU unless set here (tokenize asks for at least
     # tokenize.threads CPUs per array task)
     data: UnitResources = field(default_factory=lambda: UnitResources(gpus_per_node=0))
+    # the target models' units, where they need more than the proxies' (unset fields: executor.<kind>)
+    target: TargetResources = field(default_factory=TargetResources)
 
 
 @dataclass

@@ -27,6 +27,8 @@ def test_unit_kinds_get_their_own_slurm_resources(slurm_cluster, tmp_path, compo
     for kind, (cpus, mem, minutes) in WANT.items():
         overrides += [f"executor.{kind}.cpus_per_task={cpus}", f"executor.{kind}.mem_gb={mem[:-1]}",
                       f"executor.{kind}.timeout_min={int(minutes.split(':')[1])}"]
+    # the target models' evaluations ask for their own CPUs and time limit (executor.target.evaluate)
+    overrides += ["executor.target.evaluate.cpus_per_task=1", "executor.target.evaluate.timeout_min=13"]
     job = app.to_job(compose_cfg("campaign", overrides), C.CampaignJobConfig)
     job.executor.additional_parameters["hold"] = True  # sbatch --hold: submitted, recorded, never started
     plan = plan_campaign(job)
@@ -36,6 +38,8 @@ def test_unit_kinds_get_their_own_slurm_resources(slurm_cluster, tmp_path, compo
         for u in plan:
             info = _job(records[u.id]["job_id"])
             cpus, mem, limit = WANT[GROUP.get(u.kind, u.kind)]
+            if (u.kind, u.role) == ("evaluate", "target"):
+                cpus, limit = 1, "00:13:00"
             assert (int(info["NumCPUs"]), info["MinMemoryNode"], info["TimeLimit"]) == (cpus, mem, limit), (u.kind, info)
             assert info["JobState"] == "PENDING"  # held: nothing ran
             # tokenize waits for the BPE, train for its tokenize tasks, score / evaluate for their training unit
@@ -43,5 +47,6 @@ def test_unit_kinds_get_their_own_slurm_resources(slurm_cluster, tmp_path, compo
             assert info.get("TresPerNode", "").find("gpu") < 0  # none asked for a GPU (executor.gpus_per_node=0)
             seen.add(u.kind)
         assert seen == {"bpe", "tokenize", "train", "score", "evaluate"}
+        assert {u.role for u in plan if u.kind == "evaluate"} == {"proxy", "target"}  # both shapes were read back
     finally:
         subprocess.run(["scancel", *{r["job_id"].split("_")[0] for r in records.values()}], timeout=60)

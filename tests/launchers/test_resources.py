@@ -4,7 +4,7 @@ tests/integration/test_slurm_resources.py)."""
 import pytest
 
 from launchers.submit import _train_resources, groupable, kind_resources, make_executor, train_gpus
-from proxy_exp.config import ExecutorConfig, PretrainConfig, TrainJobConfig, UnitResources
+from proxy_exp.config import ExecutorConfig, PretrainConfig, TargetResources, TrainJobConfig, UnitResources
 from proxy_exp.units import Unit
 
 
@@ -60,3 +60,23 @@ def test_small_model_mode_shares_one_gpu():
     assert groupable(_train(), one_gpu)  # several tiny units, each a process on the job's one GPU
     assert not groupable(_train(), GPU_SITE)  # an 8-GPU training job is not shared
     assert not groupable(_train(nodes=2), one_gpu)
+
+
+def test_target_models_get_their_own_resources():
+    """A 1B target trains on 8 GPUs and a 70B target scores on a whole node, while the proxies' jobs take one GPU:
+    executor.target.<kind> over executor.<kind> for the target's units, unset fields falling through."""
+    site = ExecutorConfig(kind="slurm", timeout_min=60, cpus_per_task=4, gpus_per_node=1,
+                          score=UnitResources(gpus_per_node=1, mem_gb=40),
+                          target=TargetResources(train=UnitResources(gpus_per_node=8, timeout_min=2880),
+                                                 score=UnitResources(gpus_per_node=8, mem_gb=900,
+                                                                     additional_parameters={"exclusive": True})))
+    proxy, target = _sbatch(site, "score"), make_executor(site, "/f/%j", "score", "target")
+    target = target._executor._make_submission_file_text("python -u -m submitit.core._submit /f/%j", "uid")
+    assert "--gpus-per-node=1" in proxy and "--mem=40GB" in proxy and "--exclusive" not in proxy
+    assert "--gpus-per-node=8" in target and "--mem=900GB" in target and "--exclusive" in target
+    assert "--time=60" in target and "--cpus-per-task=4" in target  # unset: the kind's, then the executor's
+    assert kind_resources(site, "evaluate", "target") == kind_resources(site, "evaluate", "proxy")  # nothing set
+    big = Unit("train-t", "train", "target", "c", "dd_1b", 0, TrainJobConfig(pretrain=PretrainConfig()))
+    assert train_gpus(big, site) == 8 and train_gpus(_train(), site) == 1  # the allocation is the one source
+    assert _train_resources(big, site) == {"nodes": 1, "tasks_per_node": 8, "gpus_per_node": 8}
+    assert not groupable(big, site) and groupable(_train(), site)

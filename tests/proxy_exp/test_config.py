@@ -153,6 +153,8 @@ def test_site_file_composes_with_every_entry_point(tmp_path, name):
         cfg = compose(config_name=name, overrides=["model.path=/tmp/m"] if name in NEEDS_PATH else [])
     job = app.to_job(cfg, ENTRY[name])
     assert job.executor.kind == "slurm" and job.tracking.uri.startswith("http")
+    assert job.executor.target.score.gpus_per_node == 8 and job.executor.score.gpus_per_node == 1  # per role
+    assert job.executor.data.cpus_per_task == 8 and job.executor.data.gpus_per_node == 0
 
 
 # --------------------------------------------------------------------------- enumerated settings
