@@ -57,23 +57,27 @@ def prune_checkpoints(ckpt_root: str, keep: int) -> None:
         shutil.rmtree(os.path.join(ckpt_root, f"step-{s}"), ignore_errors=True)
 
 
-_FULL_MARKERS = ("No space left on device", "file write failed",  # torch.save's zip writer on a full disk
-                 "basic_ios::clear", "unexpected pos")  # ... as its C++ stream reports it (torch 2.x)
+# torch.save's zip writer on a full disk says "file write failed", or its C++ stream "basic_ios::clear" /
+# "unexpected pos" (torch 2.x): messages other I/O failures share, so they count only on a (nearly) full filesystem
+_WRITE_FAILED = ("file write failed", "basic_ios::clear", "unexpected pos")
 
 
 def _disk_full(e: BaseException, folder: str) -> bool:
-    """Whether a failed save ran out of space: ENOSPC, a writer's message for it, or an I/O error on a filesystem
-    with (next to) nothing left."""
+    """Whether a failed save ran out of space: ENOSPC anywhere in the exception chain (torch wraps the stream's
+    error in another RuntimeError), or a writer's failure on a filesystem with (next to) nothing left."""
+    try:
+        nearly_full = shutil.disk_usage(folder).free < (16 << 20)
+    except OSError:
+        nearly_full = False
     seen: set[int] = set()
-    while e is not None and id(e) not in seen:  # torch wraps the stream's error in another RuntimeError
+    while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or any(m in str(e) for m in _FULL_MARKERS):
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return True
+        if nearly_full and any(m in str(e) for m in _WRITE_FAILED):
             return True
         e = e.__cause__ or e.__context__
-    try:
-        return shutil.disk_usage(folder).free < (1 << 20)
-    except OSError:
-        return False
+    return nearly_full
 
 
 def _release(e: BaseException) -> None:
