@@ -149,10 +149,13 @@ def score_unit_id(model_ref: str, traces: TracesConfig, score: ScoreConfig, extr
     return stable_id("score", payload | ({"extra": extra} if extra else {}))
 
 
-def standalone_extra(model_path: str | None, run_id: str = "", step: int = -1) -> dict:
+def standalone_extra(model_path: str | None, run_id: str = "", step: int = -1, parent_run_id: str = "",
+                     dtype: str = "") -> dict:
     """What determines a standalone score or evaluate unit beyond its configs: the checkpoint's identity (a rewritten
-    `latest/` folder is a new model) and where its results go (another run, another step). A campaign's units come
-    with their id (their model is named by its training unit)."""
+    `latest/` folder is a new model), where its results go (another run, another step, a child of another parent)
+    and the dtype the model runs in on this machine (``model.dtype=auto`` is fp32 on CPU, bf16 on a GPU: the two
+    are different results; fp32 adds nothing, so CPU ids stay as they were). A campaign's units come with their id
+    (their model is named by its training unit)."""
     extra: dict = {}
     if model_path and os.path.isdir(str(model_path)):
         extra["identity"] = model_identity(str(model_path))
@@ -160,7 +163,22 @@ def standalone_extra(model_path: str | None, run_id: str = "", step: int = -1) -
         extra["run_id"] = run_id
     if step >= 0:
         extra["step"] = step
+    if parent_run_id:
+        extra["parent_run_id"] = parent_run_id
+    if dtype and dtype != "float32":
+        extra["dtype"] = dtype
     return extra
+
+
+def standalone_extra_of(job) -> dict:
+    """:func:`standalone_extra` of a standalone score or evaluate job config, with the dtype its model runs in on
+    this machine (proxy_exp/devices.py); {} for a campaign's unit, whose id is given."""
+    if job.unit_id:
+        return {}
+    from proxy_exp.devices import resolve_placement
+
+    dtype = str(resolve_placement(job.model).dtype).removeprefix("torch.")
+    return standalone_extra(job.model.path, job.tracking.run_id, job.step, job.parent_run_id, dtype)
 
 
 def model_identity(path: str) -> str:

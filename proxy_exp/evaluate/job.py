@@ -41,8 +41,7 @@ def evaluate(cfg: EvaluateJobConfig, progress: bool = True) -> EvaluateResult:
     root = resolve_root(cfg.paths)
     ref = model_ref(cfg.model)
     cfg.model = resolve_model(cfg.model, os.path.join(root, "cache"))
-    uid = cfg.unit_id or units.eval_unit_id(ref, cfg.evaluate,
-                                            units.standalone_extra(cfg.model.path, cfg.tracking.run_id, cfg.step))
+    uid = cfg.unit_id or units.eval_unit_id(ref, cfg.evaluate, units.standalone_extra_of(cfg))
     done = units.read_done(root, uid)
     if done is not None:
         return EvaluateResult(**done)
@@ -51,6 +50,7 @@ def evaluate(cfg: EvaluateJobConfig, progress: bool = True) -> EvaluateResult:
         if done is not None:
             return EvaluateResult(**done)
         return _evaluate(cfg, root, ref, uid)
+
 
 
 def _evaluate(cfg: EvaluateJobConfig, root: str, ref: str, uid: str) -> EvaluateResult:

@@ -33,6 +33,7 @@ class ScoreResult:
     tokens_path: str = ""
 
 
+
 def _write_parquet(df, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     df.to_parquet(tmp, index=False)
@@ -45,8 +46,7 @@ def score(cfg: ScoreJobConfig, progress: bool = True) -> ScoreResult:
     root = resolve_root(cfg.paths)
     ref = model_ref(cfg.model)
     cfg.model = resolve_model(cfg.model, os.path.join(root, "cache"))
-    uid = cfg.unit_id or units.score_unit_id(
-        ref, cfg.traces, cfg.score, units.standalone_extra(cfg.model.path, cfg.tracking.run_id, cfg.step))
+    uid = cfg.unit_id or units.score_unit_id(ref, cfg.traces, cfg.score, units.standalone_extra_of(cfg))
     done = units.read_done(root, uid)
     if done is not None:
         return ScoreResult(**done)

@@ -184,3 +184,16 @@ def test_proxy_score_and_proxy_eval_cli_log_into_an_existing_run_at_its_step(tea
     assert artifacts == {"scores", "lm_eval"}
     assert {a.path for a in client.list_artifacts(run_id, "scores")} == {"scores/step-16"}
     assert [r.info.run_id for r in client.search_runs([exp])] == [run_id]  # no run of its own
+
+
+def test_standalone_ids_follow_the_dtype_and_the_parent_run(tmp_path):
+    """The same checkpoint scored in bf16 on a GPU and in fp32 on a CPU are two results (model.dtype=auto resolves
+    per machine), and so are its proxies logged as a child of another parent run; fp32 keeps the ids CPU runs had."""
+    from proxy_exp.units import standalone_extra
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    base = standalone_extra(str(tmp_path / "m"), "", 8)
+    assert standalone_extra(str(tmp_path / "m"), "", 8, dtype="float32") == base
+    assert standalone_extra(str(tmp_path / "m"), "", 8, dtype="bfloat16") == {**base, "dtype": "bfloat16"}
+    assert standalone_extra(str(tmp_path / "m"), "", 8, parent_run_id="p1")["parent_run_id"] == "p1"
