@@ -22,3 +22,13 @@ def test_gpu_tests_are_left_out_and_counted_without_cuda():
     with open(f"{REPO}/benchmarks/gpu_check.sh") as f:  # the prepared check runs every one of these files
         script = f.read()
     assert all(path in script for path in GPU_TEST_FILES)
+
+
+def test_the_gpu_check_fits_its_eight_minutes():
+    """Every step of benchmarks/gpu_check.sh runs under its own time limit; together they leave half a minute of the
+    8 minutes for installing the carried wheels and starting up."""
+    import re
+
+    with open(f"{REPO}/benchmarks/gpu_check.sh") as f:
+        limits = [int(m) for m in re.findall(r"^step \w+ (\d+) ", f.read(), flags=re.M)]
+    assert len(limits) == 5 and sum(limits) <= 8 * 60 - 30, limits
