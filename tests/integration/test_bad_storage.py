@@ -43,7 +43,9 @@ def _tmpfs(path, options: str):
     os.makedirs(path, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (root and CAP_SYS_ADMIN needed): {r.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs at {path} ({r.stderr.strip()}): these tests need root with CAP_SYS_ADMIN "
+                    "(as install.sh test and the suite run in CI); run the suite as root, e.g. sudo -E "
+                    ".venv/bin/python -m pytest -q")
     try:
         yield str(path)
     finally:
