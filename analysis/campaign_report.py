@@ -34,7 +34,7 @@ CLUSTER_COMMAND = ("proxy-campaign tokenizer=olmo pretrain=datadecide executor.k
                    "campaign.target_size=dd_1b")
 METHOD_COLUMNS = ["method", "family", "size", "label", "compute", "decision_accuracy",
                   "decision_accuracy_per_seed_mean", "spearman", "kendall", "n_corpora", "n_seeds"] + CI_COLUMNS + [
-                  "chosen", "chosen_share"]  # held-out selection: the proxies chosen most often, in that share of splits
+                  "chosen", "chosen_share"]  # held-out selection: the proxies chosen most often, their share of splits
 
 
 @dataclass
@@ -97,9 +97,9 @@ class CampaignReport:
                          "direct evaluation", direct)]
         lines = [line for line in lines if line]
         if lines and all(line.endswith("no difference beyond the 95% CIs") for line in lines):
-            n = len(self.truth)
+            n, compute = len(self.truth), plain.loc[plain["size"] == size, "compute"].min()
             lines.append(f"scale: at this campaign's scale the methods cannot be told apart ({n} corpora, "
-                         f"{n * (n - 1) // 2} pairs; proxies at {plain.loc[plain['size'] == size, 'compute'].min():.3g} "
+                         f"{n * (n - 1) // 2} pairs; proxies at {compute:.3g} "
                          "of a target run): the paper's effect needs ~1B targets, proxies 100-1000x smaller and "
                          f"recipes no single factor orders; the same campaign at cluster scale: {CLUSTER_COMMAND}")
         return lines
@@ -301,22 +301,64 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
         if col not in frame.columns:
             raise ValueError(f"campaign_decisions: column {col!r} missing; build the frame with "
                              "analysis.runs.campaign_frame")
-    p_stat, _ = _split_proxy(primary_proxy, "primary_proxy")
-    c_stat, _ = _split_proxy(ce_proxy, "ce_proxy")
+    _split_proxy(primary_proxy, "primary_proxy")
+    _split_proxy(ce_proxy, "ce_proxy")
     check_metric_name(truth_metric, "truth_metric (evaluate.primary_metric)")
     truth_col = K.eval_key(K.MEAN, truth_metric)
     notes: list[str] = []
-    if truth_higher_is_better is None:
-        truth_higher_is_better = default_direction(truth_metric)
-        if truth_higher_is_better is None:
-            raise ValueError(f"truth_metric={truth_metric!r}: whether a higher {truth_metric} is better is unknown: "
-                             "neither lm-eval's metric registry nor proxy-exp's own metrics know it; pass the "
-                             "direction the evaluate runs logged (truth_direction_from_runs)")
-        if truth_metric not in OWN_HIGHER_IS_BETTER:  # proxy-exp's own metrics have their direction by definition
-            notes.append(f"truth direction of {truth_metric} from lm-eval's metric registry "
-                         f"({'higher' if truth_higher_is_better else 'lower'} is better), not from the evaluate runs")
+    truth_higher_is_better = _truth_direction(truth_metric, truth_higher_is_better, notes)
     truth_lower = not truth_higher_is_better
+    target_eval, truth, truth_by_seed = _truth(frame, truth_col, notes)
+    target_flops = _target_flops(frame, target_eval)
 
+    scores = _rows(frame, "score", "proxy")
+    if scores.empty:
+        raise ValueError("campaign_decisions: no finished score run of role proxy")
+    keys = [K.proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
+    _require(scores, keys + [K.FLOPS_TRAIN, K.FLOPS_SCORE], "proxy score runs")
+    names = [K.parse_proxy_key(k)[1] for k in keys]
+    lower = [LOWER_IS_BETTER[n.split("/")[0]] for n in names]
+    rows: list[dict] = []
+    for size, sub in scores.groupby("size", sort=True):
+        rows += _proxy_rows(size, sub, keys, names, lower, primary_proxy, ce_proxy, truth, truth_by_seed, truth_lower,
+                            target_flops, per_trace, n_boot, boot_seed, notes)
+    if checkpoints is not None and not checkpoints.empty:
+        rows += _checkpoint_rows(checkpoints, scores, keys, names, lower, ce_proxy, truth, truth_by_seed, truth_lower,
+                                 target_flops, n_boot, boot_seed, notes)
+    rows += _direct_eval_rows(frame, truth_col, truth, truth_by_seed, truth_lower, target_flops, n_boot, boot_seed,
+                              notes)
+    methods = pd.DataFrame(rows, columns=METHOD_COLUMNS)
+
+    if table_size is None:
+        table_size = str(scores.groupby("size")[K.FLOPS_TRAIN].mean().idxmax())
+    table = _ranking_table(scores, table_size, primary_proxy, ce_proxy, truth, truth_lower)
+    only_truth = sorted(set(truth.index) - set(scores["corpus"]))
+    if only_truth:
+        notes.append(f"corpora {only_truth} have a truth but no proxy score runs")
+    return CampaignReport(table=table, methods=methods, frontier=pareto_frontier(methods), truth=truth,
+                          primary_proxy=primary_proxy, ce_proxy=ce_proxy, truth_metric=truth_metric,
+                          table_size=table_size, target_train_flops=target_flops, notes=notes,
+                          truth_higher_is_better=bool(truth_higher_is_better))
+
+
+def _truth_direction(truth_metric: str, given: bool | None, notes: list[str]) -> bool:
+    """Whether a higher truth is better: as the evaluate runs logged it (``given``), else by lm-eval's metric
+    registry or proxy-exp's own metrics (with a note); ValueError when nothing knows."""
+    if given is not None:
+        return bool(given)
+    higher = default_direction(truth_metric)
+    if higher is None:
+        raise ValueError(f"truth_metric={truth_metric!r}: whether a higher {truth_metric} is better is unknown: "
+                         "neither lm-eval's metric registry nor proxy-exp's own metrics know it; pass the "
+                         "direction the evaluate runs logged (truth_direction_from_runs)")
+    if truth_metric not in OWN_HIGHER_IS_BETTER:  # proxy-exp's own metrics have their direction by definition
+        notes.append(f"truth direction of {truth_metric} from lm-eval's metric registry "
+                     f"({'higher' if higher else 'lower'} is better), not from the evaluate runs")
+    return bool(higher)
+
+
+def _truth(frame: pd.DataFrame, truth_col: str, notes: list[str]) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """The target evaluate runs, the truth per corpus (seed mean) and per corpus and seed; notes its spread."""
     target_eval = _rows(frame, "evaluate", "target")
     if target_eval.empty:
         raise ValueError("campaign_decisions: no finished evaluate run of role target; the ground truth "
@@ -330,68 +372,75 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
     if len(truth) < 2:
         raise ValueError(f"campaign_decisions: the truth covers {len(truth)} corpus; decisions need >= 2")
     notes.append(truth_spread_note(truth_by_seed))
+    return target_eval, truth, truth_by_seed
 
+
+def _target_flops(frame: pd.DataFrame, target_eval: pd.DataFrame) -> float:
+    """The FLOPs of one target training run (the train runs', else as the evaluate runs recorded them)."""
     target_train = _rows(frame, "train", "target")
     flops_source = target_train if not target_train.empty else target_eval
     _require(flops_source, [K.FLOPS_TRAIN], "target runs")
     target_flops = float(flops_source[K.FLOPS_TRAIN].mean())
     if not target_flops > 0:
         raise ValueError(f"campaign_decisions: target flops/train is {target_flops}; compute needs it > 0")
+    return target_flops
 
-    scores = _rows(frame, "score", "proxy")
-    if scores.empty:
-        raise ValueError("campaign_decisions: no finished score run of role proxy")
-    keys = [K.proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
-    _require(scores, keys + [K.FLOPS_TRAIN, K.FLOPS_SCORE], "proxy score runs")
 
-    rows: list[dict] = []
-    names = [K.parse_proxy_key(k)[1] for k in keys]
-    lower = [LOWER_IS_BETTER[n.split("/")[0]] for n in names]
-    for size, sub in scores.groupby("size", sort=True):
-        traces_here = {(c, sd): df for (c, sz, sd), df in (per_trace or {}).items() if sz == size}
-        cis = None
-        if traces_here:
-            try:
-                cis = trace_seed_bootstrap(traces_here, names, lower, truth_by_seed, truth_lower, n_boot, boot_seed)
-            except ValueError as e:
-                notes.append(f"no trace bootstrap at {size}: {e}")
-        oriented = {}
-        for key, method, low in zip(keys, names, lower):
-            by_seed = _by_seed(sub, key, size, notes)
-            family = "ce" if method == ce_proxy else "proxy"
-            ci = (cis.loc[method].to_dict() if cis is not None else
-                  seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed))
-            compute = _compute(sub, K.FLOPS_SCORE, by_seed.index, target_flops)
-            rows.append({"method": method, "family": family, "size": size, "label": f"{method} @ {size}",
-                         "compute": compute, **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
-            oriented[method] = -by_seed.mean(axis=1) if low else by_seed.mean(axis=1)
-        rows += _held_out_rows(pd.DataFrame(oriented), -truth if truth_lower else truth, size, compute, n_boot,
-                               boot_seed, notes, prefer=[primary_proxy])
+def _proxy_rows(size: str, sub: pd.DataFrame, keys: list[str], names: list[str], lower: list[bool],
+                primary_proxy: str, ce_proxy: str, truth: pd.Series, truth_by_seed: pd.DataFrame, truth_lower: bool,
+                target_flops: float, per_trace: dict | None, n_boot: int, boot_seed: int,
+                notes: list[str]) -> list[dict]:
+    """Every proxy at one proxy size (CIs over traces within tasks where per-trace tables exist, else over seeds),
+    and the proxy chosen out of sample at that size."""
+    traces_here = {(c, sd): df for (c, sz, sd), df in (per_trace or {}).items() if sz == size}
+    cis = None
+    if traces_here:
+        try:
+            cis = trace_seed_bootstrap(traces_here, names, lower, truth_by_seed, truth_lower, n_boot, boot_seed)
+        except ValueError as e:
+            notes.append(f"no trace bootstrap at {size}: {e}")
+    rows, oriented = [], {}
+    for key, method, low in zip(keys, names, lower):
+        by_seed = _by_seed(sub, key, size, notes)
+        ci = (cis.loc[method].to_dict() if cis is not None else
+              seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed))
+        compute = _compute(sub, K.FLOPS_SCORE, by_seed.index, target_flops)
+        rows.append({"method": method, "family": "ce" if method == ce_proxy else "proxy", "size": size,
+                     "label": f"{method} @ {size}", "compute": compute,
+                     **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
+        oriented[method] = -by_seed.mean(axis=1) if low else by_seed.mean(axis=1)
+    return rows + _held_out_rows(pd.DataFrame(oriented), -truth if truth_lower else truth, size, compute, n_boot,
+                                 boot_seed, notes, prefer=[primary_proxy])
 
-    if checkpoints is not None and not checkpoints.empty:
-        rows += _checkpoint_rows(checkpoints, scores, keys, names, lower, ce_proxy, truth, truth_by_seed, truth_lower,
-                                 target_flops, n_boot, boot_seed, notes)
 
+def _direct_eval_rows(frame: pd.DataFrame, truth_col: str, truth: pd.Series, truth_by_seed: pd.DataFrame,
+                      truth_lower: bool, target_flops: float, n_boot: int, boot_seed: int,
+                      notes: list[str]) -> list[dict]:
+    """Small-scale direct evaluation: the proxy models' own evaluate runs, on the truth's metric, per proxy size."""
     proxy_eval = _rows(frame, "evaluate", "proxy")
-    if not proxy_eval.empty:
-        _require(proxy_eval, [truth_col, K.FLOPS_TRAIN, K.FLOPS_EVAL], "proxy evaluate runs")
-        for size, sub in proxy_eval.groupby("size", sort=True):
-            by_seed = _by_seed(sub, truth_col, size, notes)
-            rows.append({"method": DIRECT_EVAL, "family": "direct_eval", "size": size,
-                         "label": f"{DIRECT_EVAL} @ {size}",
-                         "compute": _compute(sub, K.FLOPS_EVAL, by_seed.index, target_flops),
-                         **_evaluate_method(by_seed, truth, truth_lower, truth_lower),
-                         **seed_bootstrap(by_seed, truth_lower, truth_by_seed, truth_lower, n_boot, boot_seed)})
-    methods = pd.DataFrame(rows, columns=METHOD_COLUMNS)
+    if proxy_eval.empty:
+        return []
+    _require(proxy_eval, [truth_col, K.FLOPS_TRAIN, K.FLOPS_EVAL], "proxy evaluate runs")
+    rows = []
+    for size, sub in proxy_eval.groupby("size", sort=True):
+        by_seed = _by_seed(sub, truth_col, size, notes)
+        rows.append({"method": DIRECT_EVAL, "family": "direct_eval", "size": size, "label": f"{DIRECT_EVAL} @ {size}",
+                     "compute": _compute(sub, K.FLOPS_EVAL, by_seed.index, target_flops),
+                     **_evaluate_method(by_seed, truth, truth_lower, truth_lower),
+                     **seed_bootstrap(by_seed, truth_lower, truth_by_seed, truth_lower, n_boot, boot_seed)})
+    return rows
 
-    if table_size is None:
-        table_size = str(scores.groupby("size")[K.FLOPS_TRAIN].mean().idxmax())
+
+def _ranking_table(scores: pd.DataFrame, table_size: str, primary_proxy: str, ce_proxy: str, truth: pd.Series,
+                   truth_lower: bool) -> pd.DataFrame:
+    """Per corpus at ``table_size``: the primary proxy, cross-entropy and truth with their ranks (1 = best)."""
     table_rows = scores[scores["size"] == table_size]
     if table_rows.empty:
         raise ValueError(f"campaign_decisions: table_size={table_size!r} has no proxy score runs; "
                          f"sizes: {sorted(scores['size'].unique())}")
     p_vals = _by_seed(table_rows, K.proxy_key(*primary_proxy.split("/")), table_size, []).mean(axis=1)
     c_vals = _by_seed(table_rows, K.proxy_key(*ce_proxy.split("/")), table_size, []).mean(axis=1)
+    p_stat, c_stat = primary_proxy.split("/")[0], ce_proxy.split("/")[0]
     corpora = truth.index.intersection(p_vals.index).intersection(c_vals.index)
     table = pd.DataFrame({"corpus": corpora,
                           "proxy": p_vals.loc[corpora].to_numpy(),
@@ -400,15 +449,7 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
                           "ce_rank": ranks(c_vals.loc[corpora], LOWER_IS_BETTER[c_stat]).to_numpy(),
                           "truth": truth.loc[corpora].to_numpy(),
                           "truth_rank": ranks(truth.loc[corpora], truth_lower).to_numpy()})
-    table = table.sort_values(["truth_rank", "corpus"]).reset_index(drop=True)
-
-    only_truth = sorted(set(truth.index) - set(scores["corpus"]))
-    if only_truth:
-        notes.append(f"corpora {only_truth} have a truth but no proxy score runs")
-    return CampaignReport(table=table, methods=methods, frontier=pareto_frontier(methods), truth=truth,
-                          primary_proxy=primary_proxy, ce_proxy=ce_proxy, truth_metric=truth_metric,
-                          table_size=table_size, target_train_flops=target_flops, notes=notes,
-                          truth_higher_is_better=bool(truth_higher_is_better))
+    return table.sort_values(["truth_rank", "corpus"]).reset_index(drop=True)
 
 
 def truth_direction_from_runs(runs: pd.DataFrame, truth_metric: str, unit_ids=None) -> bool | None:

@@ -96,8 +96,8 @@ def held_out_selection(oriented: pd.DataFrame, truth: pd.Series, k: int = 3, n_b
     """Leave-two-corpora-out selection of the single best proxy and a ``k``-sparse combination.
 
     ``oriented``: corpora x proxies (seed means, oriented so higher is better); ``truth``: per corpus, higher better.
-    ``splits``: the held-out pairs (default every pair); ``prefer``: proxies that win ties (:func:`choose`). Needs at least 4 corpora (so that the held-in part has
-    pairs to choose on)."""
+    ``splits``: the held-out pairs (default every pair); ``prefer``: proxies that win ties (:func:`choose`). Needs at
+    least 4 corpora (so that the held-in part has pairs to choose on)."""
     corpora = list(oriented.index.intersection(truth.index))
     if len(corpora) < 4:
         raise ValueError(f"held-out proxy selection needs >= 4 corpora (held-in pairs to choose on); got "
