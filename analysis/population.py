@@ -138,71 +138,14 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
                          "load_runs?")
     runs = runs.assign(ref=_refs(runs))
     fin = runs[(runs["status"] == "FINISHED") & runs["ref"].notna()]
-    score = fin[fin[TAG + "kind"] == "score"]
-    if traces:
-        score = score[_param(score, "traces.name") == traces]
-    if score.empty:
-        raise ValueError("model selection: no finished score run" + (f" over traces {traces!r}" if traces else "")
-                         + "; score the population first (proxy-score -m model.path=...,...)")
-    if trace_tasks:
-        score = score[_param(score, "traces.tasks").map(keys.parse_param_list).map(lambda t: t == [str(x) for x in trace_tasks])]
-        if score.empty:
-            raise ValueError(f"model selection: no finished score run over traces.tasks={list(trace_tasks)}")
-    score = _latest(score, "score", notes)
-    sigs = _trace_signature(score)
-    if sigs.nunique() > 1:
-        counts = "; ".join(f"{sig} ({n} models)" for sig, n in sigs.value_counts().items())
-        raise ValueError("model selection: the latest score runs of the models scored different trace sets: "
-                         f"{counts}. Proxies over different traces are not comparable: choose one with "
-                         "analysis.trace_tasks=[...] (and analysis.traces=<name>)")
-    score = score.assign(model=score.apply(_label, axis=1))
-    clash = score[score.duplicated("model", keep=False)]
-    if not clash.empty:  # two refs with one label: fall back to the refs
-        score.loc[clash.index, "model"] = clash["ref"]
+    score = _score_runs(fin, traces, trace_tasks, notes)
     trace_tasks = _trace_tasks(score)
 
     if truth_csv:
         truth = _truth_from_csv(truth_csv, score)
         ev = pd.DataFrame(columns=["ref", "run_id"])
     else:
-        ev = fin[fin[TAG + "kind"] == "evaluate"]
-        if evaluate_limit >= 0:
-            ev = ev[pd.to_numeric(_param(ev, "evaluate.limit"), errors="coerce") == evaluate_limit]
-        ev = _latest(ev, "evaluate", notes) if not ev.empty else ev
-        limits = _param(ev, "evaluate.limit").dropna().unique()
-        if len(limits) > 1:
-            counts = _param(ev, "evaluate.limit").value_counts().to_dict()
-            raise ValueError(f"model selection: the latest evaluate runs of the models use different evaluate.limit "
-                             f"values {counts} (limit: models); truths over different items are not comparable. "
-                             "Set analysis.evaluate_limit to one of them")
-        if ev.empty:
-            raise ValueError("model selection: no finished evaluate run; run proxy-eval on the population (or give "
-                             "analysis.truth_csv)")
-        _check_evaluate_settings(ev)
-        logged = {c: parsed for c in ev.columns if c.startswith("metrics.")
-                  and (parsed := keys.parse_eval_key(c[len("metrics."):])) is not None and parsed[0] != keys.MEAN
-                  and ev[c].notna().any()}
-        task_of = {c: task for c, (task, metric) in logged.items() if metric == truth_metric}
-        cols = list(task_of)
-        if not cols:
-            have = sorted({metric for _, metric in logged.values()} - {N_DOCS})
-            raise ValueError(f"model selection: no finished evaluate run with metrics eval/<task>/{truth_metric}; the "
-                             f"evaluate runs log {', '.join(have) or 'no eval/<task>/<metric> metric'}: set "
-                             "analysis.truth_metric to one of them (or run proxy-eval with tasks that report it, or "
-                             "give analysis.truth_csv)")
-        long = ev[["ref", *cols]].melt(id_vars="ref", var_name="metric", value_name="score").dropna()
-        long["task"] = long["metric"].map(task_of)
-        higher, note = truth_direction(ev, truth_metric)
-        if note:
-            notes.append(note)
-        if not higher:
-            long["score"] = -long["score"]
-        names = score.set_index("ref")["model"]
-        unscored = sorted(set(long["ref"]) - set(names.index))
-        if unscored:
-            notes.append(f"{len(unscored)} evaluated model(s) without a score run left out: {unscored[:4]}")
-        long = long[long["ref"].isin(names.index)]
-        truth = long.assign(model=long["ref"].map(names))[TRUTH_COLUMNS]
+        truth, ev = _truth_from_runs(fin, score, truth_metric, evaluate_limit, notes)
     no_truth = sorted(set(score["model"]) - set(truth["model"]))
     if no_truth:
         notes.append(f"{len(no_truth)} scored model(s) without a downstream score left out: {no_truth[:4]}")
@@ -217,6 +160,95 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
     score = score[score["model"].isin(keep)]
 
     mapping = resolve_task_map(tasks, trace_tasks, task_map)
+    proxies = _proxies_by_task(score, mapping, notes)
+    validate_inputs(proxies.reset_index(drop=True), truth)
+
+    ev_ids = ev.set_index("ref")["run_id"] if not ev.empty else pd.Series(dtype=object)
+    models = pd.DataFrame({
+        "model": score["model"].to_numpy(), "ref": score["ref"].to_numpy(),
+        "n_params": pd.to_numeric(_param(score, "n_params"), errors="coerce").to_numpy(),
+        "flops_train": score.get("metrics." + keys.FLOPS_TRAIN, pd.Series(np.nan, index=score.index)).to_numpy(),
+        "score_run": score["run_id"].to_numpy(), "evaluate_run": score["ref"].map(ev_ids).to_numpy(),
+    }).sort_values("model").reset_index(drop=True)
+    return Population(proxies.reset_index(drop=True), truth, models, mapping, notes)
+
+
+def _score_runs(fin: pd.DataFrame, traces: str, trace_tasks: Optional[list], notes: list[str]) -> pd.DataFrame:
+    """The latest finished score run of each model, over one trace set (``traces`` / ``trace_tasks`` choose it),
+    with a readable ``model`` label."""
+    score = fin[fin[TAG + "kind"] == "score"]
+    if traces:
+        score = score[_param(score, "traces.name") == traces]
+    if score.empty:
+        raise ValueError("model selection: no finished score run" + (f" over traces {traces!r}" if traces else "")
+                         + "; score the population first (proxy-score -m model.path=...,...)")
+    if trace_tasks:
+        want = [str(x) for x in trace_tasks]
+        score = score[_param(score, "traces.tasks").map(keys.parse_param_list).map(lambda t: t == want)]
+        if score.empty:
+            raise ValueError(f"model selection: no finished score run over traces.tasks={list(trace_tasks)}")
+    score = _latest(score, "score", notes)
+    sigs = _trace_signature(score)
+    if sigs.nunique() > 1:
+        counts = "; ".join(f"{sig} ({n} models)" for sig, n in sigs.value_counts().items())
+        raise ValueError("model selection: the latest score runs of the models scored different trace sets: "
+                         f"{counts}. Proxies over different traces are not comparable: choose one with "
+                         "analysis.trace_tasks=[...] (and analysis.traces=<name>)")
+    score = score.assign(model=score.apply(_label, axis=1))
+    clash = score[score.duplicated("model", keep=False)]
+    if not clash.empty:  # two refs with one label: fall back to the refs
+        score.loc[clash.index, "model"] = clash["ref"]
+    return score
+
+
+def _truth_from_runs(fin: pd.DataFrame, score: pd.DataFrame, truth_metric: str, evaluate_limit: int,
+                     notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The downstream truth (TRUTH_COLUMNS, higher = better) from the latest evaluate run of each scored model,
+    and those evaluate runs."""
+    ev = fin[fin[TAG + "kind"] == "evaluate"]
+    if evaluate_limit >= 0:
+        ev = ev[pd.to_numeric(_param(ev, "evaluate.limit"), errors="coerce") == evaluate_limit]
+    ev = _latest(ev, "evaluate", notes) if not ev.empty else ev
+    limits = _param(ev, "evaluate.limit").dropna().unique()
+    if len(limits) > 1:
+        counts = _param(ev, "evaluate.limit").value_counts().to_dict()
+        raise ValueError(f"model selection: the latest evaluate runs of the models use different evaluate.limit "
+                         f"values {counts} (limit: models); truths over different items are not comparable. "
+                         "Set analysis.evaluate_limit to one of them")
+    if ev.empty:
+        raise ValueError("model selection: no finished evaluate run; run proxy-eval on the population (or give "
+                         "analysis.truth_csv)")
+    _check_evaluate_settings(ev)
+    logged = {c: parsed for c in ev.columns if c.startswith("metrics.")
+              and (parsed := keys.parse_eval_key(c[len("metrics."):])) is not None and parsed[0] != keys.MEAN
+              and ev[c].notna().any()}
+    task_of = {c: task for c, (task, metric) in logged.items() if metric == truth_metric}
+    cols = list(task_of)
+    if not cols:
+        have = sorted({metric for _, metric in logged.values()} - {N_DOCS})
+        raise ValueError(f"model selection: no finished evaluate run with metrics eval/<task>/{truth_metric}; the "
+                         f"evaluate runs log {', '.join(have) or 'no eval/<task>/<metric> metric'}: set "
+                         "analysis.truth_metric to one of them (or run proxy-eval with tasks that report it, or "
+                         "give analysis.truth_csv)")
+    long = ev[["ref", *cols]].melt(id_vars="ref", var_name="metric", value_name="score").dropna()
+    long["task"] = long["metric"].map(task_of)
+    higher, note = truth_direction(ev, truth_metric)
+    if note:
+        notes.append(note)
+    if not higher:
+        long["score"] = -long["score"]
+    names = score.set_index("ref")["model"]
+    unscored = sorted(set(long["ref"]) - set(names.index))
+    if unscored:
+        notes.append(f"{len(unscored)} evaluated model(s) without a score run left out: {unscored[:4]}")
+    long = long[long["ref"].isin(names.index)]
+    truth = long.assign(model=long["ref"].map(names))[TRUTH_COLUMNS]
+    return truth, ev
+
+
+def _proxies_by_task(score: pd.DataFrame, mapping: Mapping[str, str], notes: list[str]) -> pd.DataFrame:
+    """PROXY_COLUMNS: for each downstream task, the proxies of the trace task ``mapping`` gives it (or the overall
+    ones); a proxy undefined for some model is dropped, with a note."""
     rows = []
     parsed = {c: keys.parse_proxy_key(c[len("metrics."):]) for c in score.columns if c.startswith("metrics.")}
     for down, trace in mapping.items():
@@ -233,16 +265,7 @@ def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_ch
         dropped = sorted(set(proxies["proxy"]) - set(full))
         notes.append(f"{len(dropped)} proxy(ies) undefined for some model dropped: {dropped[:5]}")
         proxies = proxies[proxies["proxy"].isin(full)]
-    validate_inputs(proxies.reset_index(drop=True), truth)
-
-    ev_ids = ev.set_index("ref")["run_id"] if not ev.empty else pd.Series(dtype=object)
-    models = pd.DataFrame({
-        "model": score["model"].to_numpy(), "ref": score["ref"].to_numpy(),
-        "n_params": pd.to_numeric(_param(score, "n_params"), errors="coerce").to_numpy(),
-        "flops_train": score.get("metrics." + keys.FLOPS_TRAIN, pd.Series(np.nan, index=score.index)).to_numpy(),
-        "score_run": score["run_id"].to_numpy(), "evaluate_run": score["ref"].map(ev_ids).to_numpy(),
-    }).sort_values("model").reset_index(drop=True)
-    return Population(proxies.reset_index(drop=True), truth, models, mapping, notes)
+    return proxies
 
 
 # evaluate settings that change what a truth measures (besides evaluate.limit, which analysis.evaluate_limit picks;
