@@ -6,7 +6,6 @@ marker exists (written last, after every output was renamed into place).
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import dataclasses
 import hashlib
 import json

@@ -35,7 +35,6 @@ import queue
 import shutil
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import numpy as np
 from proxy_exp.config import TokenizeConfig
 from proxy_exp.data.corpora import packaged_documents, packaged_files
 from proxy_exp.data.readers import Document, input_files, is_file_source, iter_file, manifest
-from proxy_exp.data.tokenizer import tokenizer_fingerprint
+from proxy_exp.data.tokenizer import tmp_dir, tokenizer_fingerprint
 
 SHARD_FORMAT = 1
 TOKENS_FILE, INDEX_FILE, DOCS_FILE, META_FILE = "tokens.ds", "tokens.ds.index", "docs.parquet", "meta.json"
@@ -263,7 +262,7 @@ def write_shard(src, inp: ShardInput, tokenizer, tok_dir: str, cache_dir: str, s
     dtype = token_dtype(id_bound(tokenizer))
     meta_fields = [k for k in dict.fromkeys(src.metadata_fields) if k not in ("id", "line", "n_bytes", "n_tokens")]
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(final), f".tmp-{os.path.basename(final)}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = tmp_dir(final)
     os.makedirs(tmp)
     t0 = time.time()
     total = n_docs = n_bytes = 0

@@ -100,7 +100,9 @@ def _publish(tmp: str, final: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _tmp_dir(final: str) -> str:
+def tmp_dir(final: str) -> str:
+    """A temporary sibling of ``final`` no other writer picks (pid and a random part: writers may share a filesystem
+    across nodes), renamed to ``final`` once complete."""
     return os.path.join(os.path.dirname(final), f".tmp-{os.path.basename(final)}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
@@ -189,7 +191,7 @@ def build_tokenizer(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig], cach
     t0 = time.time()
     tok = train_bpe(docs, cfg.vocab_size)
     seconds = time.time() - t0
-    tmp = _tmp_dir(final)
+    tmp = tmp_dir(final)
     tok.save_pretrained(tmp)
     with open(os.path.join(tmp, "training.json"), "w") as f:
         json.dump({"settings": {"vocab_size": cfg.vocab_size, "sample_bytes_per_corpus": cfg.sample_bytes_per_corpus,
@@ -249,7 +251,7 @@ def _pretrained(cfg: TokenizerConfig, cache_dir: str) -> tuple[PreTrainedTokeniz
                                       pad_token=PAD_TOKEN if PAD_TOKEN in vocab else eos,
                                       clean_up_tokenization_spaces=False)
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = _tmp_dir(final)
+        tmp = tmp_dir(final)
         tok.save_pretrained(tmp)
         _publish(tmp, final)
     return _load(final), final
