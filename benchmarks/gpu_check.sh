@@ -41,6 +41,6 @@ step gpu_tests 190 python3 -m pytest -q -s -p no:cacheprovider -m gpu \
 step bench_scorer 65 python3 benchmarks/bench_scorer.py --device cuda
 step bench_scorer_32k 50 python3 benchmarks/bench_scorer.py --device cuda --models qwen2-7b --batch 1 \
   --seq-len 32768 --repeats 2
-step bench_train 95 python3 benchmarks/bench_train.py --device cuda --compile
+step bench_train 95 python3 benchmarks/bench_train.py --device cuda --models llama-124m --compile
 step bench_small_models 50 python3 benchmarks/bench_small_models.py --device cuda --n 4 --tokens 4000000
 python3 benchmarks/gpu_summary.py "$OUT" | tee "$OUT/summary.md"

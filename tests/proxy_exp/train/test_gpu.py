@@ -37,6 +37,12 @@ def test_nccl_training_checkpoints_and_resumes_on_gpu(tmp_path, corpus_file):
     from deepspeed.accelerator import get_accelerator
 
     assert get_accelerator().device_name() == "cuda"
+    from proxy_exp.train.preemption import PreemptionFlag
+
+    flag = PreemptionFlag("USR2")  # the per-step agreement as several ranks run it: an all-reduce on a CUDA tensor
+    assert flag.agreed(2, torch.device("cuda:0")) is False
+    flag.requested = True
+    assert flag.agreed(2, torch.device("cuda:0")) is True
     part = train(_cfg(tmp_path / "resumed", corpus_file, stop_after_steps=10), progress=False)
     assert part.stopped and part.steps == 10
     resumed = train(_cfg(tmp_path / "resumed", corpus_file), progress=False)
