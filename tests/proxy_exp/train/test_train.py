@@ -69,6 +69,21 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path):
     assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-5)
 
 
+def test_bf16_training_checkpoints_and_resumes_exactly(tmp_path):
+    """pretrain.precision=bf16 (what a GPU job trains in): DeepSpeed's bf16 optimizer, its fp32 master weights and
+    optimizer state go through a checkpoint and resume exactly as in fp32; the GPU check runs the same on NCCL."""
+    bf16 = dict(steps=20, precision="bf16")
+    full = train(_cfg(tmp_path / "a", **bf16), progress=False)
+    part = train(_cfg(tmp_path / "b", stop_after_steps=10, **bf16), progress=False)
+    assert part.stopped and part.steps == 10
+    resumed = train(_cfg(tmp_path / "b", **bf16), progress=False)
+    assert resumed.steps == 20 and resumed.final_loss == pytest.approx(full.final_loss, abs=1e-6)
+    params = mlflow_client(tmp_path / "a").get_run(full.run_id).data.params
+    assert (params["bf16"], params["device"]) == ("True", "cpu")
+    fp32 = train(_cfg(tmp_path / "c", steps=20), progress=False)
+    assert fp32.final_loss != pytest.approx(full.final_loss, abs=1e-6)  # bf16 really changed the arithmetic
+
+
 def test_interrupted_between_metrics_and_marker_logs_each_step_once(tmp_path):
     """A kill after a checkpoint's metrics reached MLflow but before its COMPLETE marker: the resumed run
     restarts from the previous checkpoint, re-computes those steps and must not send them a second time."""
