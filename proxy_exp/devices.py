@@ -10,7 +10,9 @@ from torch otherwise), so the plan a GPU job gets is checked on a CPU machine to
 - :func:`train_device_plan` (``pretrain.gpus_per_node``): how many GPUs a training job uses (one rank each, NCCL,
   DeepSpeed's CUDA accelerator, bf16) or CPU (gloo, DeepSpeed's CPU accelerator). The allocation is the one
   source of truth: -1 (the default) takes the GPUs the job has; 0 while GPUs are allocated is an error naming the
-  setting.
+  setting. Both ways Slurm hands a node's GPUs to its tasks work: every task sees all of them (rank ``r`` uses
+  ``cuda:r``), or each task sees only its own (``--gpus-per-task=1``, ``--gpu-bind=single:1``: every rank uses
+  ``cuda:0``); :func:`duplicate_gpus` turns ranks that ended up sharing one GPU into an error that says so.
 """
 from __future__ import annotations
 
@@ -120,6 +122,7 @@ class TrainDevicePlan:
     backend: str
     accelerator: str
     bf16: bool
+    per_task: bool = False  # each rank sees only its own GPU (Slurm binds one per task): every rank uses cuda:0
 
     @property
     def on_gpu(self) -> bool:
@@ -130,13 +133,19 @@ class TrainDevicePlan:
         return {"DS_ACCELERATOR": self.accelerator}
 
     def device(self, local_rank: int) -> torch.device:
-        return torch.device(f"cuda:{local_rank}") if self.on_gpu else torch.device("cpu")
+        if not self.on_gpu:
+            return torch.device("cpu")
+        return torch.device("cuda:0" if self.per_task else f"cuda:{local_rank}")
 
 
 def train_device_plan(p: PretrainConfig, n_gpus: int | None = None, local_ranks: int = 1) -> TrainDevicePlan:
-    """The device plan of a training job with ``n_gpus`` visible GPUs (default: this machine's) and
-    ``local_ranks`` ranks on this node; raises ValueError naming the setting when they disagree."""
+    """The device plan of a training job with ``n_gpus`` GPUs visible to this process (default: this machine's) and
+    ``local_ranks`` ranks on this node; raises ValueError naming the setting when they disagree. One visible GPU
+    with several ranks on the node is Slurm's per-task binding: the node has one GPU per rank."""
     n_gpus = cuda_device_count() if n_gpus is None else n_gpus
+    per_task = n_gpus == 1 and local_ranks > 1
+    if per_task:
+        n_gpus = local_ranks
     if p.gpus_per_node == 0:
         if n_gpus > 0:
             raise ValueError(f"pretrain.gpus_per_node=0 trains on CPU, but this job has {n_gpus} GPU(s) allocated: set "
@@ -156,4 +165,41 @@ def train_device_plan(p: PretrainConfig, n_gpus: int | None = None, local_ranks:
                          "--ntasks-per-node must equal the GPUs per node)")
     bf16 = p.precision == Precision.bf16 or (p.precision == Precision.auto and gpus > 0)
     return TrainDevicePlan(gpus_per_node=gpus, backend="nccl" if gpus else "gloo",
-                           accelerator="cuda" if gpus else "cpu", bf16=bf16)
+                           accelerator="cuda" if gpus else "cpu", bf16=bf16, per_task=per_task and gpus > 0)
+
+
+def gpu_identity(device: torch.device) -> tuple[str, str]:
+    """(host, GPU UUID) of this rank's device: what :func:`duplicate_gpus` compares across ranks."""
+    import socket
+
+    return socket.gethostname(), str(torch.cuda.get_device_properties(device).uuid)
+
+
+def duplicate_gpus(identities: list[tuple[str, str]]) -> str:
+    """An error line when two ranks got the same GPU (one ``(host, GPU UUID)`` per rank, by rank), else "": e.g. a
+    job whose tasks were each bound to a GPU but several to the same one."""
+    first: dict[tuple[str, str], int] = {}
+    for rank, ident in enumerate(identities):
+        if ident in first:
+            return (f"ranks {first[ident]} and {rank} share GPU {ident[1]} on {ident[0]}: give each Slurm task its own "
+                    "GPU (--gpus-per-task=1 or --gpu-bind=single:1, or let every task see all the node's GPUs), with "
+                    "as many tasks per node as GPUs (pretrain.gpus_per_node)")
+        first[ident] = rank
+    return ""
+
+
+def check_one_gpu_per_rank(identity: tuple[str, str], world_size: int) -> None:
+    """Every rank on its own GPU: the ranks' :func:`gpu_identity` gathered over a gloo group (an NCCL communicator
+    between ranks sharing a GPU fails first, with NCCL's own 'Duplicate GPU' message); raises ValueError with
+    :func:`duplicate_gpus`'s line on every rank. Called by all ranks after the process group is initialised."""
+    if world_size == 1:
+        return
+    import torch.distributed as tdist
+
+    group = tdist.new_group(backend="gloo")
+    identities: list[Any] = [None] * world_size
+    tdist.all_gather_object(identities, identity, group=group)
+    tdist.destroy_process_group(group)
+    error = duplicate_gpus([tuple(i) for i in identities])
+    if error:
+        raise ValueError(error)

@@ -20,7 +20,7 @@ import torch
 from proxy_exp import units
 from proxy_exp.compute import train_flops_per_token
 from proxy_exp.config import TrainJobConfig, resolve_root
-from proxy_exp.devices import TrainDevicePlan, train_device_plan
+from proxy_exp.devices import TrainDevicePlan, check_one_gpu_per_rank, gpu_identity, train_device_plan
 from proxy_exp.distributed import DistEnv, dist_env, init_deepspeed_distributed
 from proxy_exp.models import MODEL_RECORD
 from proxy_exp.tracking import Run, keys
@@ -170,6 +170,7 @@ def _train(cfg: TrainJobConfig, progress: bool, root: str, unit_id: str) -> Trai
     device = dplan.device(env.local_rank)
     if dplan.on_gpu:
         torch.cuda.set_device(device)
+        check_one_gpu_per_rank(gpu_identity(device), env.world_size)
     engine, scheduler, counts = build_engine(cfg, plan, tokenizer, device, dplan.bf16)
     start_step = resume(engine, ckpt_root)
     run = _open_run(cfg, root, udir, unit_id, start_step > 0, counts, plan, env, dplan, packed) if env.is_main else None

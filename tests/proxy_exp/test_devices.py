@@ -61,6 +61,66 @@ def test_training_device_plan_follows_the_allocation():
         train_device_plan(PretrainConfig(), n_gpus=2, local_ranks=4)
 
 
+@pytest.mark.parametrize("gpus_per_node", [-1, 8])
+def test_training_device_plan_with_one_gpu_bound_to_each_task(gpus_per_node):
+    """Slurm's per-task binding (--gpus-per-task=1, --gpu-bind=single:1): each of a node's 8 ranks sees one GPU,
+    the node has 8, and every rank trains on its cuda:0."""
+    plan = train_device_plan(PretrainConfig(gpus_per_node=gpus_per_node), n_gpus=1, local_ranks=8)
+    assert (plan.gpus_per_node, plan.backend, plan.per_task) == (8, "nccl", True)
+    assert {plan.device(r) for r in range(8)} == {torch.device("cuda:0")}
+    with pytest.raises(ValueError, match="pretrain.gpus_per_node=16 but this job sees 8 GPU"):
+        train_device_plan(PretrainConfig(gpus_per_node=16), n_gpus=1, local_ranks=8)
+    alone = train_device_plan(PretrainConfig(), n_gpus=1, local_ranks=1)  # one rank, one GPU: not a binding
+    assert not alone.per_task and alone.device(0) == torch.device("cuda:0")
+
+
+def _gather_identities(rank: int, port: int, identities: list, results) -> None:
+    import torch.distributed as tdist
+
+    from proxy_exp.devices import check_one_gpu_per_rank
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(identities))
+    try:
+        check_one_gpu_per_rank(identities[rank], len(identities))
+        results.put((rank, ""))
+    except ValueError as e:
+        results.put((rank, str(e)))
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_every_rank_checks_its_gpu_is_its_own_over_gloo(shared):
+    """The check a multi-rank GPU job runs after its process group starts, here with two real gloo ranks: each rank
+    gathers every rank's (host, GPU UUID); when two are the same, every rank raises the same one-line error."""
+    import torch.multiprocessing as mp
+
+    from proxy_exp.distributed import free_port
+
+    identities = [("node1", "GPU-a"), ("node1", "GPU-a" if shared else "GPU-b")]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_gather_identities, args=(r, port, identities, results))
+             for port in [free_port()] for r in range(2)]
+    for proc in procs:
+        proc.start()
+    got = dict(results.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(60)
+    if shared:
+        assert got[0] == got[1] and got[0].startswith("ranks 0 and 1 share GPU GPU-a on node1")
+    else:
+        assert got == {0: "", 1: ""}
+
+
+def test_ranks_sharing_a_gpu_are_an_error_naming_the_fix():
+    from proxy_exp.devices import duplicate_gpus
+
+    assert duplicate_gpus([("n1", "GPU-a"), ("n1", "GPU-b"), ("n2", "GPU-a"), ("n2", "GPU-b")]) == ""
+    error = duplicate_gpus([("n1", "GPU-a"), ("n1", "GPU-b"), ("n1", "GPU-a")])
+    assert error.startswith("ranks 0 and 2 share GPU GPU-a on n1") and "--gpus-per-task=1" in error
+
+
 def test_no_entry_point_or_job_pins_deepspeed_to_the_cpu_accelerator():
     """A GPU job's environment: nothing proxy-exp sets at import (entry points, submitit jobs) pins DeepSpeed to its
     CPU accelerator; the training job selects DeepSpeed's accelerator from its device plan."""
