@@ -36,7 +36,7 @@ step() {  # step NAME LIMIT_S COMMAND...: the command's output in $OUT/NAME.log,
   echo "[gpu_check] $name: exit $rc after $(( $(date +%s) - start )) s"
 }
 
-step gpu_tests 190 python3 -m pytest -q -s -p no:cacheprovider -m gpu \
+step gpu_tests 190 python3 -m pytest -v -s --durations=0 -p no:cacheprovider -m gpu \
   tests/proxy_exp/score/test_gpu.py tests/proxy_exp/train/test_gpu.py tests/proxy_exp/evaluate/test_gpu.py
 step bench_scorer 65 python3 benchmarks/bench_scorer.py --device cuda
 step bench_scorer_32k 50 python3 benchmarks/bench_scorer.py --device cuda --models qwen2-7b --batch 1 \

@@ -66,8 +66,9 @@ def main(out: str) -> None:
     for name, rc, seconds in steps:
         last = [line for line in logs.get(name, "").splitlines() if line.strip()]
         result = next((line for line in reversed(last) if re.search(r"\d+ (passed|failed|error)", line)), "")
-        if not result and last:
-            result = "timed out" if rc in ("124", "137") else ("ok" if rc == "0" else last[-1][:100])
+        if not result:  # a killed step may have printed nothing at all
+            result = ("timed out" if rc in ("124", "137") else "ok" if rc == "0"
+                      else last[-1][:100] if last else "no output")
         print(f"| {name} | {rc} | {seconds} | {result.strip()[:120]} |")
     print()
     for line in logs.get("gpu_tests", "").splitlines():
