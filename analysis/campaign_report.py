@@ -335,10 +335,28 @@ def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce
     only_truth = sorted(set(truth.index) - set(scores["corpus"]))
     if only_truth:
         notes.append(f"corpora {only_truth} have a truth but no proxy score runs")
+    notes += mixed_precision_notes(frame)
     return CampaignReport(table=table, methods=methods, frontier=pareto_frontier(methods), truth=truth,
                           primary_proxy=primary_proxy, ce_proxy=ce_proxy, truth_metric=truth_metric,
                           table_size=table_size, target_train_flops=target_flops, notes=notes,
                           truth_higher_is_better=bool(truth_higher_is_better))
+
+
+def mixed_precision_notes(frame: pd.DataFrame) -> list[str]:
+    """A note for each kind (score, evaluate) whose runs in ``frame`` ran their models in more than one dtype: a
+    campaign run partly on CPU (fp32) and partly on GPUs (bf16) with ``model.dtype=auto`` compares results of two
+    precisions (its unit ids, planned on the login node, cannot tell them apart)."""
+    notes = []
+    if "dtype" not in frame.columns:
+        return notes
+    for kind in ("score", "evaluate"):
+        counts = frame.loc[frame["kind"] == kind, "dtype"].dropna().value_counts()
+        if len(counts) > 1:
+            mix = ", ".join(f"{n} in {dtype}" for dtype, n in counts.sort_index().items())
+            notes.append(f"the {kind} runs mixed precisions ({mix}): their results are compared across dtypes; "
+                         f"set campaign.sizes.<size>.dtype (e.g. bfloat16): the score and evaluate units then "
+                         "get new ids and run again, all in that precision")
+    return notes
 
 
 def _truth_direction(truth_metric: str, given: bool | None, notes: list[str]) -> bool:

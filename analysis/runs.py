@@ -19,6 +19,7 @@ UNIT_KINDS = keys.UNIT_KINDS  # the kinds campaign_frame keeps (one per model un
 ROLES = keys.ROLES
 KEY = ["kind", "corpus", "size", "seed"]  # at most one finished run per key in a campaign
 IDENTITY = ["kind", "corpus", "size", "role", "seed", "unit_id", "campaign", "train_unit", "run_id"]
+DTYPE_PARAM = "params.model.dtype_resolved"  # proxy_exp/devices.py:Placement.params
 
 
 def load_runs(tracking_uri: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -41,7 +42,7 @@ def campaign_frame(runs: pd.DataFrame, unit_ids: Iterable[str] | None = None) ->
     Keeps FINISHED runs of kind train/score/evaluate (runs without a ``proxy_exp.kind`` tag are not
     proxy-exp runs and are ignored; campaign/analyze runs are dropped), optionally only those whose
     ``proxy_exp.unit_id`` is in ``unit_ids``. Columns: kind, corpus, size, role, seed, unit_id,
-    campaign, train_unit, run_id, then every metric that some kept run has, named without the
+    campaign, train_unit, run_id, dtype (what a score / evaluate run's model ran in), then every metric that some kept run has, named without the
     ``metrics.`` prefix. Invariants checked first (DataDecide style): required columns present,
     known kinds and roles, no missing identity tag, and no two runs with the same
     (kind, corpus, size, seed), else ValueError naming the offenders.
@@ -85,6 +86,8 @@ def campaign_frame(runs: pd.DataFrame, unit_ids: Iterable[str] | None = None) ->
         raise ValueError(f"campaign_frame: several finished runs share (kind, corpus, size, seed): {lines}. "
                          "Pass this campaign's unit_ids, or filter on tags.`proxy_exp.campaign`")
     frame["seed"] = _seed_values(frame["seed"])
+    # the dtype a score / evaluate run's model ran in (model.dtype=auto: fp32 on CPU, bf16 on a GPU)
+    frame["dtype"] = sel[DTYPE_PARAM] if DTYPE_PARAM in sel.columns else pd.Series(None, index=sel.index, dtype=object)
 
     metric_cols = [c for c in sel.columns if c.startswith("metrics.")]
     metrics = sel[metric_cols].dropna(axis=1, how="all")

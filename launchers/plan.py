@@ -124,14 +124,17 @@ def _plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
                 model_cfg = dataclasses.replace(tcfg.model, arch=Arch.pretrained,
                                                 path=os.path.join(units.unit_dir(root, tid), "model"))
                 tags = {"corpus": corpus_name, "size": size, "role": role, "seed": str(seed), "train_unit": tid}
+                # an explicit campaign.sizes.<size>.dtype names its score and evaluate results (auto adds nothing, so
+                # existing ids stay); auto resolves on the node that runs the unit, which the plan cannot know
+                extra = {"dtype": str(model_cfg.dtype)} if str(model_cfg.dtype) != "auto" else None
                 if role == "proxy" or c.score_targets:
-                    sid = units.score_unit_id(tid, cfg.traces, cfg.score)
+                    sid = units.score_unit_id(tid, cfg.traces, cfg.score, extra)
                     scfg = ScoreJobConfig(model=model_cfg, traces=cfg.traces, score=cfg.score, tracking=cfg.tracking,
                                           paths=cfg.paths, unit_id=sid, campaign=c.name,
                                           tags=tags | {"name": f"score {corpus_name} {size} s{seed}"})
                     plan.append(Unit(sid, "score", role, corpus_name, size, seed, scfg, [tid]))
                 if role == "target" or c.evaluate_proxies:
-                    eid = units.eval_unit_id(tid, cfg.evaluate)
+                    eid = units.eval_unit_id(tid, cfg.evaluate, extra)
                     ecfg = EvaluateJobConfig(model=model_cfg, evaluate=cfg.evaluate, tracking=cfg.tracking,
                                          paths=cfg.paths, unit_id=eid, campaign=c.name,
                                          tags=tags | {"name": f"evaluate {corpus_name} {size} s{seed}"})

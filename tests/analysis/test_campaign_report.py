@@ -142,3 +142,21 @@ def test_verdicts_that_call_no_difference_say_why_and_how_to_scale_up(report):
     assert lines[3].startswith("scale: at this campaign's scale the methods cannot be told apart (5 corpora, 10 pairs")
     assert CLUSTER_COMMAND in lines[3] and "campaign.target_size=dd_1b" in CLUSTER_COMMAND
     assert not any(line.startswith("scale:") for line in report.verdict_lines())  # the planted report calls some
+
+
+def test_a_campaign_scored_in_two_precisions_says_so(report):
+    """Score runs partly in fp32 (CPU) and partly in bf16 (GPU), as model.dtype=auto gives a campaign run on both:
+    the report names the mix and the setting that makes it one precision; one precision gives no such note."""
+    runs = as_mlflow_frame(synthetic_records(CORPORA, [0, 1], [0, 1]))
+    kind = runs["tags.proxy_exp.kind"]
+    runs.loc[kind.isin(["score", "evaluate"]), "params.model.dtype_resolved"] = "float32"
+    assert not any("precisions" in n for n in campaign_decisions(campaign_frame(runs), n_boot=20).notes)
+    bf16 = runs.index[kind == "score"][:3]
+    runs.loc[bf16, "params.model.dtype_resolved"] = "bfloat16"
+    frame = campaign_frame(runs)
+    assert sorted(frame.loc[frame["kind"] == "score", "dtype"].unique()) == ["bfloat16", "float32"]
+    notes = [n for n in campaign_decisions(frame, n_boot=20).notes if "precisions" in n]
+    n_score = int((kind == "score").sum())
+    assert notes == [f"the score runs mixed precisions (3 in bfloat16, {n_score - 3} in float32): their results are "
+                     "compared across dtypes; set campaign.sizes.<size>.dtype (e.g. bfloat16): the score and "
+                     "evaluate units then get new ids and run again, all in that precision"]

@@ -63,3 +63,19 @@ def test_plan_units_and_compute_ratios(default):
         w = float(job.campaign.corpora[r["corpus"]].mix[r["source"]].weight) / sum(
             float(m.weight) for m in job.campaign.corpora[r["corpus"]].mix.values())
         assert abs(r["share"] - w) <= 2.5 / max(1, r["sequences"] / max(w, 1e-9)) + 0.005, r
+
+
+def test_an_explicit_dtype_names_the_score_and_evaluate_units(default, tmp_path):
+    """campaign.sizes.<size>.dtype=bfloat16 gives that size's score and evaluate units new ids (they run again, in
+    bf16); auto leaves every id as it was, and training units never change (fp32 master weights either way)."""
+    from tests.helpers import compose
+
+    job, plan = default
+    c = job.campaign
+    bf16 = app.to_job(compose("campaign", [f"paths.root={job.paths.root}",
+                                           f"campaign.sizes.{c.target_size}.dtype=bfloat16"]), C.CampaignJobConfig)
+    ids = {(u.kind, u.corpus, u.size, u.seed): u.id for u in plan}
+    changed = {key for key, uid in ((k, u.id) for u in plan_campaign(bf16)
+                                    for k in [(u.kind, u.corpus, u.size, u.seed)]) if ids[key] != uid}
+    assert changed and {(kind, size) for kind, _, size, _ in changed} == {("evaluate", c.target_size)} | (
+        {("score", c.target_size)} if c.score_targets else set())

@@ -51,3 +51,28 @@ def test_bf16_evaluation_on_the_gpu_matches_fp32(qwen_dir, task_dir, tmp_path):
     assert a.per_task["gpu_mc"]["n"] == 24 and 0.0 <= a.mean["acc"] <= 1.0
     assert a.mean["logprob_per_char"] == pytest.approx(b.mean["logprob_per_char"], rel=2e-2)
     assert a.n_params == b.n_params > 400e6
+
+
+def test_sharded_evaluation_through_lm_evals_parallelize_matches_one_device(qwen_dir, task_dir, tmp_path):
+    """model.device_map=sequential with a GPU budget that holds the embedding and a few of the 24 layers: lm-eval's
+    own parallelize / max_memory_per_gpu options split the model over the GPU and the CPU (the same split
+    accelerate gives load_model, checked first), and the scores are those of the model on one device."""
+    from proxy_exp.models import load_model
+
+    cfg = EvaluateConfig(tasks=["gpu_mc"], include_path=task_dir, limit=0, primary_metric="acc", batch_size=8)
+    whole = resolve_placement(ModelConfig(arch="pretrained", path=qwen_dir))
+    model, _ = load_model(ModelConfig(arch="pretrained", path=qwen_dir), placement=whole)
+    layer = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    embed = model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
+    del model
+    sharded_cfg = ModelConfig(arch="pretrained", path=qwen_dir, device_map="sequential",
+                              max_memory={"gpu0": f"{(embed + 6 * layer) // 2**20}MiB", "cpu": "64GiB"})
+    sharded = resolve_placement(sharded_cfg, cache_dir=str(tmp_path))
+    split, _ = load_model(sharded_cfg, placement=sharded)
+    assert set(split.hf_device_map.values()) >= {0, "cpu"}, split.hf_device_map
+    del split
+    torch.cuda.empty_cache()
+    a = evaluate_model(qwen_dir, cfg, str(tmp_path), placement=whole)
+    b = evaluate_model(qwen_dir, cfg, str(tmp_path), placement=sharded)
+    assert b.per_task["gpu_mc"]["n"] == 24
+    assert b.mean["logprob_per_char"] == pytest.approx(a.mean["logprob_per_char"], rel=1e-2)
