@@ -38,9 +38,9 @@ step() {  # step NAME LIMIT_S COMMAND...: the command's output in $OUT/NAME.log,
 
 step gpu_tests 205 python3 -m pytest -v -s --durations=0 -p no:cacheprovider -m gpu \
   tests/proxy_exp/score/test_gpu.py tests/proxy_exp/train/test_gpu.py tests/proxy_exp/evaluate/test_gpu.py
-step bench_scorer 65 python3 benchmarks/bench_scorer.py --device cuda
-step bench_scorer_32k 50 python3 benchmarks/bench_scorer.py --device cuda --models qwen2-7b --batch 1 \
+step bench_scorer 60 python3 benchmarks/bench_scorer.py --device cuda
+step bench_scorer_32k 45 python3 benchmarks/bench_scorer.py --device cuda --models qwen2-7b --batch 1 \
   --seq-len 32768 --repeats 2
 step bench_train 80 python3 benchmarks/bench_train.py --device cuda --models llama-124m --compile
-step bench_small_models 50 python3 benchmarks/bench_small_models.py --device cuda --n 4 --tokens 4000000
+step bench_small_models 60 python3 benchmarks/bench_small_models.py --device cuda --n 4 --tokens 4000000
 python3 benchmarks/gpu_summary.py "$OUT" | tee "$OUT/summary.md"
