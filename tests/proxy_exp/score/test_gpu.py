@@ -58,7 +58,9 @@ def test_bf16_scoring_of_a_qwen2_05b_shape_model_uses_the_fused_kernel():
     model = _qwen()
     fused = score_model(model, tok, traces, ScoreConfig(batch_size=0))
     assert fused.kernel == "triton" and fused.batch_size >= 1 and fused.n_traces == len(traces)
-    reference = score_model(model, tok, traces, ScoreConfig(kernel="torch", batch_size=1))
+    # the same batches: in bf16 another batch size alone moves a proxy by more than 2% (rank/nll_kernel, which weighs
+    # a few tokens, moved 4% between batch 4 and 1 on CPU), so only the LM head + statistics differ here
+    reference = score_model(model, tok, traces, ScoreConfig(kernel="torch", batch_size=fused.batch_size))
     for key, value in reference.proxies.items():
         assert fused.proxies[key] == pytest.approx(value, rel=2e-2, abs=2e-3), key
 
