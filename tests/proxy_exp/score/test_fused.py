@@ -237,7 +237,7 @@ kernel = fused._token_stats_kernel
 assert type(kernel).__name__ == "JITFunction", type(kernel).__name__
 pointers = {"H": "{dt}", "W": "{dt}", "BIAS": "{dt}", "Y": "i64", "OUT_M": "fp32", "OUT_S": "fp32", "OUT_U": "fp32",
             "OUT_CNT": "i32", "OUT_LY": "fp32", "OUT_LYPRE": "fp32"}
-for dt, round_code in (("bf16", 1), ("fp32", 0)):
+for dt, round_code in (("bf16", 1), ("fp16", 2), ("fp32", 0)):
     constexprs = {"HAS_BIAS": True, "SOFTCAP": True, "ROUND": round_code, "DOT_FP32": False, "INPUT_PRECISION": "ieee",
                   "BLOCK_T": fused.DEFAULT_BLOCKS["block_t"], "BLOCK_V": fused.DEFAULT_BLOCKS["block_v"],
                   "BLOCK_D": fused.DEFAULT_BLOCKS["block_d"]}
@@ -252,8 +252,8 @@ for dt, round_code in (("bf16", 1), ("fp32", 0)):
                               options={"num_warps": fused.DEFAULT_BLOCKS["num_warps"],
                                        "num_stages": fused.DEFAULT_BLOCKS["num_stages"]})
     ptx = compiled.asm["ptx"]
-    # bf16: tensor-core MMA; fp32: IEEE products, so no (TF32) MMA instruction at all
-    assert ("mma" in ptx) == (dt == "bf16") and len(compiled.asm["cubin"]) > 0, dt
+    # bf16, fp16: tensor-core MMA; fp32: IEEE products, so no (TF32) MMA instruction at all
+    assert ("mma" in ptx) == (dt != "fp32") and len(compiled.asm["cubin"]) > 0, dt
     print(dt, "ok")
 """
 
@@ -270,4 +270,4 @@ def test_kernel_compiles_for_an_h100_without_a_gpu():
     done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["bf16", "ok", "fp32", "ok"]
+    assert done.stdout.split() == ["bf16", "ok", "fp16", "ok", "fp32", "ok"]
