@@ -43,6 +43,10 @@ def test_nccl_training_checkpoints_and_resumes_on_gpu(tmp_path, corpus_file):
     assert flag.agreed(2, torch.device("cuda:0")) is False
     flag.requested = True
     assert flag.agreed(2, torch.device("cuda:0")) is True
+    from proxy_exp.devices import gpu_identity
+
+    host, uuid = gpu_identity(torch.device("cuda:0"))  # what ranks compare to find two on one GPU
+    assert host and len(uuid.replace("-", "")) >= 32, uuid
     part = train(_cfg(tmp_path / "resumed", corpus_file, stop_after_steps=10), progress=False)
     assert part.stopped and part.steps == 10
     resumed = train(_cfg(tmp_path / "resumed", corpus_file), progress=False)
