@@ -72,7 +72,9 @@ def main(out: str) -> None:
         print(f"| {name} | {rc} | {seconds} | {result.strip()[:120]} |")
     print()
     for line in logs.get("gpu_tests", "").splitlines():
-        if line.startswith(("32k-token trace", "FAILED", "ERROR")):
+        if "32k-token trace" in line:  # printed by the test, after pytest's own "path::test " on the same line
+            print(f"- {line[line.index('32k-token trace'):].removesuffix('PASSED').strip()}")
+        elif line.startswith(("FAILED", "ERROR")):
             print(f"- {line}")
     print(f"\n## Targets ({TARGETS})\n")
     print("\n".join(f"- {line}" for line in targets(logs)) or "- (no benchmark table to read)")

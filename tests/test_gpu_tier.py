@@ -45,8 +45,11 @@ def test_the_gpu_summary_reads_real_benchmark_output(tmp_path):
         with open(tmp_path / "steps.txt", "a") as f:
             f.write(f"{name} {r.returncode} 1\n")
 
-    step("gpu_tests", "-m", "pytest", "-v", "--durations=0", "-p", "no:cacheprovider",
-         "tests/proxy_exp/test_devices.py", "-k", "sharing_a_gpu")
+    printing = tmp_path / "test_prints.py"  # as the 32k-trace gpu test prints its peak memory (-s: on pytest's line)
+    printing.write_text("def test_prints():\n    print('32k-token trace, vocab 152k: peak 9.50 GiB, weights 3.77 GiB, "
+                        "kernel triton')\n")
+    step("gpu_tests", "-m", "pytest", "-v", "-s", "--durations=0", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+         str(printing), "tests/proxy_exp/test_devices.py", "-k", "sharing_a_gpu or prints")
     step("bench_scorer", "benchmarks/bench_scorer.py", "--device", "cpu", "--models", "tiny-llama", "--batch", "1",
          "--seq-len", "64", "--repeats", "1")
     step("bench_train", "benchmarks/bench_train.py", "--device", "cpu", "--models", "xs", "--steps", "2", "--warmup",
@@ -58,7 +61,8 @@ def test_the_gpu_summary_reads_real_benchmark_output(tmp_path):
                        cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
-    assert "| gpu_tests | 0 | 1 | " in out and "1 passed" in out.split("| gpu_tests |")[1].splitlines()[0]
+    assert "| gpu_tests | 0 | 1 | " in out and "2 passed" in out.split("| gpu_tests |")[1].splitlines()[0]
+    assert "\n- 32k-token trace, vocab 152k: peak 9.50 GiB, weights 3.77 GiB, kernel triton\n" in out
     assert "| bench_small_models | 124 | 50 | timed out |" in out
     assert re.search(r"- pretraining xs \(llama\) proxy-exp DeepSpeed: MFU [\d.]+% \(target >= 45%\)", out), out
     scorer = out.split("## bench_scorer\n")[1].split("## ")[0]
