@@ -7,6 +7,7 @@
 # model), bench_train.py (124M: DeepSpeed compiled vs HF eager and compiled) and bench_small_models.py, each under a
 # time limit (together under 8 minutes), and prints one summary (benchmarks/gpu_summary.py) with the targets.
 #   device run: bash benchmarks/gpu_check.sh        (carry .whl; results in $OUT, default /tmp/gpu-check)
+# $OUT gets 8 files (device.txt, steps.txt, one log per step, summary.md): the device tool brings back at most 8.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-check}"
