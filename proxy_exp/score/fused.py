@@ -278,6 +278,58 @@ def _check_inputs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor 
                          "or set TRITON_INTERPRET=1 before importing proxy_exp.score.fused to run it in the interpreter")
 
 
+def _blocks(device: torch.device, overrides: dict[str, int | None]) -> dict[str, int]:
+    """Tile sizes and launch options: :data:`DEFAULT_BLOCKS` (CUDA) or :data:`INTERPRETER_BLOCKS`, with the given
+    ``overrides`` (None: the default), checked against what ``tl.dot`` and the target-logit pre-pass need."""
+    blocks = dict(INTERPRETER_BLOCKS if device.type != "cuda" else DEFAULT_BLOCKS)
+    blocks.update({name: value for name, value in overrides.items() if value is not None})
+    for name in ("block_t", "block_v", "block_d"):
+        if blocks[name] < 16 or blocks[name] & (blocks[name] - 1):
+            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot), got {blocks[name]}")
+    if blocks["block_v"] < blocks["block_t"]:
+        raise ValueError(f"block_v ({blocks['block_v']}) must be >= block_t ({blocks['block_t']}): the target-logit "
+                         "pre-pass puts one token's target row in each column of a vocabulary-shaped tile")
+    return blocks
+
+
+def _split_vocabulary(n_token_tiles: int, n_vocab_tiles: int, vocab_splits: int | None,
+                      device: torch.device) -> tuple[int, int]:
+    """``(splits, tiles_per_split)``: programs per token tile over the vocabulary (``vocab_splits``, or None: enough
+    to fill the GPU), each given at least one vocabulary tile."""
+    splits = vocab_splits if vocab_splits is not None else _vocab_splits(n_token_tiles, n_vocab_tiles, device)
+    if splits < 1:
+        raise ValueError(f"vocab_splits must be >= 1, got {splits}")
+    tiles_per_split = triton.cdiv(n_vocab_tiles, min(splits, n_vocab_tiles))
+    return triton.cdiv(n_vocab_tiles, tiles_per_split), tiles_per_split
+
+
+def _merge_splits(part_m: Tensor, part_s: Tensor, part_u: Tensor, part_cnt: Tensor, part_ly: Tensor,
+                  n_vocab: int) -> tuple[dict[str, Tensor], Tensor]:
+    """The statistics from the splits' partial reductions ``[splits, T]`` (the same rescaling as inside the kernel),
+    and the target logits."""
+    m = part_m.max(dim=0).values
+    alpha = torch.exp(part_m - m)
+    s = (alpha * part_s).sum(dim=0)
+    u = (alpha * (part_u + (part_m - m) * part_s)).sum(dim=0)
+    rank = part_cnt.sum(dim=0, dtype=torch.int64)
+    logit_y = part_ly.sum(dim=0)  # the target's column lies in exactly one split; the others add 0
+    log_s = torch.log(s)
+    lse = m + log_s
+    entropy = ((log_s - u / s) / math.log(n_vocab)).clamp_min(0.0)
+    stats = stats_from_reductions(lse - logit_y, rank, torch.exp(m - lse), entropy)
+    return {key: stats[key] for key in STAT_KEYS}, logit_y
+
+
+def _recount_rows(stats: dict[str, Tensor], rows: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None,
+                  targets: Tensor, softcap: float | None, round_logits: bool) -> None:
+    """Overwrite the statistics of ``rows`` with torch's (the head as the torch path applies it)."""
+    RECOUNTS["recounted"] += rows.numel()
+    head = _reference_head(weight, bias, softcap, round_logits)
+    exact = token_stats_from_logits(head(hidden[rows]), targets[rows])
+    for key in STAT_KEYS:
+        stats[key][rows] = exact[key].to(stats[key].dtype)
+
+
 @torch.no_grad()
 def fused_token_stats(
     hidden: Tensor,
@@ -318,24 +370,12 @@ def fused_token_stats(
     if lo < 0 or hi >= n_vocab:
         raise ValueError(f"targets must lie in [0, {n_vocab}) (the LM head's vocabulary), found {lo}..{hi}")
 
-    blocks = dict(INTERPRETER_BLOCKS if device.type != "cuda" else DEFAULT_BLOCKS)
-    for name, value in (("block_t", block_t), ("block_v", block_v), ("block_d", block_d),
-                        ("num_warps", num_warps), ("num_stages", num_stages)):
-        if value is not None:
-            blocks[name] = value
-    for name in ("block_t", "block_v", "block_d"):
-        if blocks[name] < 16 or blocks[name] & (blocks[name] - 1):
-            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot), got {blocks[name]}")
-    if blocks["block_v"] < blocks["block_t"]:
-        raise ValueError(f"block_v ({blocks['block_v']}) must be >= block_t ({blocks['block_t']}): the target-logit "
-                         "pre-pass puts one token's target row in each column of a vocabulary-shaped tile")
+    overrides = {"block_t": block_t, "block_v": block_v, "block_d": block_d, "num_warps": num_warps,
+                 "num_stages": num_stages}
+    blocks = _blocks(device, overrides)
     n_token_tiles = triton.cdiv(n_tokens, blocks["block_t"])
-    n_vocab_tiles = triton.cdiv(n_vocab, blocks["block_v"])
-    splits = vocab_splits if vocab_splits is not None else _vocab_splits(n_token_tiles, n_vocab_tiles, device)
-    if splits < 1:
-        raise ValueError(f"vocab_splits must be >= 1, got {splits}")
-    tiles_per_split = triton.cdiv(n_vocab_tiles, min(splits, n_vocab_tiles))
-    splits = triton.cdiv(n_vocab_tiles, tiles_per_split)  # every split gets at least one tile
+    splits, tiles_per_split = _split_vocabulary(n_token_tiles, triton.cdiv(n_vocab, blocks["block_v"]), vocab_splits,
+                                                device)
 
     f32 = dict(device=device, dtype=torch.float32)
     part_m = torch.empty((splits, n_tokens), **f32)
@@ -358,27 +398,11 @@ def fused_token_stats(
         num_warps=blocks["num_warps"], num_stages=blocks["num_stages"],
     )
 
-    # ---- merge the splits: the same rescaling as inside the kernel
-    m = part_m.max(dim=0).values
-    alpha = torch.exp(part_m - m)
-    s = (alpha * part_s).sum(dim=0)
-    u = (alpha * (part_u + (part_m - m) * part_s)).sum(dim=0)
-    rank = part_cnt.sum(dim=0, dtype=torch.int64)
-    logit_y = part_ly.sum(dim=0)  # the target's column lies in exactly one split; the others add 0
-    log_s = torch.log(s)
-    lse = m + log_s
-    entropy = ((log_s - u / s) / math.log(n_vocab)).clamp_min(0.0)
-    stats = stats_from_reductions(lse - logit_y, rank, torch.exp(m - lse), entropy)
-    stats = {key: stats[key] for key in STAT_KEYS}
-
-    # ---- rows whose pre-computed target logit is not bit-identical to its tile's: count again in torch
+    stats, logit_y = _merge_splits(part_m, part_s, part_u, part_cnt, part_ly, n_vocab)
+    # rows whose pre-computed target logit is not bit-identical to its tile's: count again in torch
     differ = (part_ly_pre[0] != logit_y).nonzero().squeeze(1)
     RECOUNTS["tokens"] += n_tokens
     RECOUNTS["differ"] += differ.numel()
     if differ.numel() and recount:
-        RECOUNTS["recounted"] += differ.numel()
-        head = _reference_head(weight, bias, softcap, round_logits)
-        exact = token_stats_from_logits(head(hidden[differ]), targets[differ])
-        for key in STAT_KEYS:
-            stats[key][differ] = exact[key].to(stats[key].dtype)
+        _recount_rows(stats, differ, hidden, weight, bias, targets, softcap, round_logits)
     return stats
