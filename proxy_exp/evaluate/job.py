@@ -2,7 +2,6 @@
 evaluate unit), a plain picklable function of its config; one MLflow run, the completion marker last."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 
 from proxy_exp import units
 from proxy_exp.config import EvaluateJobConfig, resolve_root
+from proxy_exp.files import write_json
 from proxy_exp.models import check_model_folder, load_model, model_ref, resolve_model, train_flops_of
 from proxy_exp.tracking import Run, keys
 
@@ -85,9 +85,7 @@ def _evaluate(cfg: EvaluateJobConfig, root: str, ref: str, uid: str) -> Evaluate
             run.log_params({HIGHER_IS_BETTER_PARAM: dumps_directions(out.higher_is_better)})
         record = os.path.join(units.unit_dir(root, uid), "lm_eval_results.json")
         os.makedirs(os.path.dirname(record), exist_ok=True)
-        with open(f"{record}.tmp{os.getpid()}", "w") as f:
-            json.dump(out.results | {"notes": out.notes}, f, indent=1, default=str)
-        os.replace(f"{record}.tmp{os.getpid()}", record)
+        write_json(record, out.results | {"notes": out.notes}, indent=1)
         run.log_artifact(record, "lm_eval" if not run.attached else f"lm_eval/step-{step}")
         metrics = {keys.eval_key(keys.MEAN, k): v for k, v in out.mean.items()}
         for task, ms in out.per_task.items():

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import yaml
 
 from proxy_exp.data.packages import package_dir
+from proxy_exp.files import tmp_name
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
 # In OLMES rc files, rows with doc_id >= this offset are the unconditional ("Answer:") duplicates.
@@ -151,7 +152,7 @@ def prepare_task_data(task: str, cache_dir: str, limit: int) -> str:
     if os.path.isfile(out):
         return out
     os.makedirs(out_dir, exist_ok=True)
-    tmp = f"{out}.tmp{os.getpid()}"
+    tmp = tmp_name(out)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for doc in iter_task_docs(task, limit):

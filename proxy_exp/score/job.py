@@ -15,6 +15,7 @@ import torch
 from proxy_exp import compute, units
 from proxy_exp.config import ScoreJobConfig, resolve_root
 from proxy_exp.devices import resolve_placement
+from proxy_exp.files import tmp_name
 from proxy_exp.models import check_model_folder, count_params, load_model, model_ref, resolve_model, train_flops_of
 from proxy_exp.tracking import Run, keys
 
@@ -35,7 +36,7 @@ class ScoreResult:
 
 
 def _write_parquet(df, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = tmp_name(path)
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 

@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 import psutil
 from filelock import FileLock
 
+from proxy_exp.files import write_json
+
 SERVER_JSON = "server.json"
 SERVER_LOG = "server.log"
 LOCK_FILE = ".server.lock"
@@ -163,11 +165,7 @@ def read_state(root: str) -> dict[str, Any] | None:
 
 
 def write_state(root: str, state: dict[str, Any]) -> None:
-    path = os.path.join(root, SERVER_JSON)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, path)
+    write_json(os.path.join(root, SERVER_JSON), state)
 
 
 def remove_state(root: str) -> None:

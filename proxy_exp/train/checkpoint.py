@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from proxy_exp.errors import OutputNotWritable
+from proxy_exp.files import write_json
 from proxy_exp.units import manifest, verify_manifest
 
 COMPLETE = "COMPLETE"
@@ -120,10 +121,7 @@ def save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int,
         if before_complete is not None:
             before_complete()
         record = {"step": step, "time": time.time(), "files": manifest(folder, skip=(COMPLETE,))}
-        tmp = os.path.join(folder, f"{COMPLETE}.tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, os.path.join(folder, COMPLETE))
+        write_json(os.path.join(folder, COMPLETE), record, indent=None)
         prune_checkpoints(ckpt_root, keep)
 
 

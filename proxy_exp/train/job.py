@@ -22,6 +22,7 @@ from proxy_exp.compute import train_flops_per_token
 from proxy_exp.config import TrainJobConfig, resolve_root
 from proxy_exp.devices import TrainDevicePlan, check_one_gpu_per_rank, gpu_identity, train_device_plan
 from proxy_exp.distributed import DistEnv, dist_env, init_deepspeed_distributed
+from proxy_exp.files import tmp_name
 from proxy_exp.models import MODEL_RECORD
 from proxy_exp.tracking import Run, keys
 from proxy_exp.train.checkpoint import resume
@@ -113,7 +114,7 @@ def _open_run(cfg: TrainJobConfig, root: str, udir: str, unit_id: str, resumed: 
 
 def _save_model(engine, tokenizer, model_dir: str, record: dict) -> None:
     """The trained model as an HF folder with its tokenizer and :data:`MODEL_RECORD` (tmp name, then rename)."""
-    tmp = f"{model_dir}.tmp{os.getpid()}"
+    tmp = tmp_name(model_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     engine.module.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

@@ -1,0 +1,34 @@
+"""Writing a file or folder so that no reader ever sees it half-written: under a temporary sibling name that no other
+writer picks (pid and a random part: writers on several nodes may share a filesystem), then renamed into place."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from typing import Any
+
+
+def tmp_name(final: str) -> str:
+    """A temporary sibling file name of ``final``: ``<final>.tmp<pid>-<random>``."""
+    return f"{final}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def tmp_dir(final: str) -> str:
+    """A temporary sibling of the folder ``final`` (hidden: ``.tmp-<name>-<pid>-<random>``), renamed to ``final`` once
+    complete."""
+    return os.path.join(os.path.dirname(final), f".tmp-{os.path.basename(final)}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def write_json(path: str, data: Any, indent: int | None = 2) -> None:
+    """``data`` as JSON at ``path`` (values JSON does not know written with ``str``), under :func:`tmp_name` then
+    renamed; on any failure (a full disk) the temporary is removed and the error raised."""
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
