@@ -34,12 +34,7 @@ def run_unit(kind: str, config: Any) -> Any:
             from proxy_exp import units
             from proxy_exp.config import resolve_root
 
-            lines = str(e).strip().splitlines()
-            try:
-                units.write_failed(resolve_root(config.paths), config.unit_id,
-                                   f"{type(e).__name__}: {lines[0] if lines else ''}"[:2000])
-            except OSError:
-                pass
+            units.record_failure(resolve_root(config.paths), config.unit_id, e)
         raise
 
 

@@ -4,6 +4,12 @@ ValueError and FileNotFoundError raised with such a message are treated the same
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an error's text (its type's name when it has none): what a one-line report shows."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class ProxyExpError(Exception):
     """A problem with the user's input, settings or environment, said in one line with the fix."""
 

@@ -339,6 +339,18 @@ def write_failed(root: str, unit_id: str, reason: str) -> None:
     write_json(os.path.join(d, FAILED), {"reason": reason, "time": time.time()})
 
 
+def record_failure(root: str, unit_id: str, e: BaseException) -> None:
+    """:func:`write_failed` with the error's type and first line; a full or read-only disk must not hide the job's own
+    error, so a failure to record it is only said on stderr."""
+    lines = str(e).strip().splitlines()
+    try:
+        write_failed(root, unit_id, f"{type(e).__name__}: {lines[0] if lines else ''}"[:2000])
+    except OSError as record_error:
+        import sys
+
+        print(f"[proxy-exp] unit {unit_id}: could not record its failure ({record_error})", file=sys.stderr, flush=True)
+
+
 def read_failed(root: str, unit_id: str) -> str:
     path = os.path.join(unit_dir(root, unit_id), FAILED)
     if not os.path.exists(path):

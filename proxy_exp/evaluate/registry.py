@@ -31,6 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from proxy_exp.config import EvaluateConfig
+from proxy_exp.errors import first_line
 from proxy_exp.evaluate.metrics import LOGPROB_PER_CHAR, MULTIPLE_CHOICE, NO_FILTER, metric_name
 from proxy_exp.evaluate.task_data import (TASKS_DIR, available_tasks, embedded_task_yaml, prepare_task_data,
                                           requests_path, task_config)
@@ -324,7 +325,7 @@ def plan_tasks(cfg: EvaluateConfig) -> TaskPlan:
                 raise
             except Exception as e:  # an include, a !function or a group member lm-eval cannot resolve
                 raise ValueError(f"evaluate.tasks: lm-eval cannot resolve {name!r} ({entry.yaml_path}): "
-                                 f"{type(e).__name__}: {_first_line(e)}") from e
+                                 f"{type(e).__name__}: {first_line(e)}") from e
             yaml_path = str(entry.yaml_path or "")
             source = INCLUDE_PATH if _from_folder(obj, yaml_path, cfg.include_path) else REGISTRY
         req = Requested(name, source, _kind(obj), yaml_path, obj, units_of(obj), predicted_metrics(obj))
@@ -450,11 +451,6 @@ def describe(cfg: EvaluateConfig, check_data: bool = True) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- loading for a run
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _failing_task(e: BaseException):
     """The innermost lm-eval task whose construction raised ``e``, and whether it raised while loading its data."""
     from lm_eval.api.task import ConfigurableTask
@@ -476,21 +472,21 @@ def load_error(requested: str, e: BaseException) -> str:
 
     task, in_download = _failing_task(e)
     if task is None or not in_download:
-        return (f"evaluate.tasks: lm-eval could not build {requested!r}: {type(e).__name__}: {_first_line(e)}")
+        return (f"evaluate.tasks: lm-eval could not build {requested!r}: {type(e).__name__}: {first_line(e)}")
     name = task.config.task
     where = f" (in {requested!r})" if name != requested else ""
     path, subset = task.config.dataset_path, task.config.dataset_name
     if path in LOCAL_BUILDERS or (isinstance(path, str) and os.path.exists(path)):
         files = (task.config.dataset_kwargs or {}).get("data_files")
         return (f"task {name!r}{where}: its local data (dataset_path={path}, data_files={files}) cannot be read: "
-                f"{type(e).__name__}: {_first_line(e)}; fix the task's YAML (give absolute data_files: lm-eval "
+                f"{type(e).__name__}: {first_line(e)}; fix the task's YAML (give absolute data_files: lm-eval "
                 "resolves relative ones against the current directory)")
     call = f"datasets.load_dataset({path!r}" + (f", {subset!r})" if subset else ")")
     return (f"task {name!r}{where}: its data set {path}" + (f" ({subset})" if subset else "")
             + f" is not in the local Hugging Face datasets cache ({datasets.config.HF_DATASETS_CACHE}) and proxy-exp "
             f"runs offline, so it cannot be downloaded: put it in that cache first (on a machine with hub access: "
             f"{call}), or give the task as a local task through evaluate.include_path (lm-eval YAMLs with "
-            f"dataset_path: json and absolute data_files) [{type(e).__name__}: {_first_line(e)}]")
+            f"dataset_path: json and absolute data_files) [{type(e).__name__}: {first_line(e)}]")
 
 
 def load_tasks(plan: TaskPlan, cache_dir: str, limit: int) -> list[Any]:

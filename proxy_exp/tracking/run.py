@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from proxy_exp.config import TrackingConfig
-from proxy_exp.errors import TrackingUnavailable
+from proxy_exp.errors import TrackingUnavailable, first_line
 from proxy_exp.tracking import keys
 
 LOG_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
@@ -90,8 +90,7 @@ def ensure_experiment(cfg: TrackingConfig, root: str) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
+    return first_line(e)[:200]
 
 
 def _unreachable(e: BaseException) -> bool:

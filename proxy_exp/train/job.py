@@ -142,14 +142,7 @@ def train(cfg: TrainJobConfig, progress: bool = True) -> TrainResult:
         try:
             return _train(cfg, progress, root, unit_id)
         except Exception as e:
-            lines = str(e).strip().splitlines()
-            try:
-                units.write_failed(root, unit_id, f"{type(e).__name__}: {lines[0] if lines else ''}"[:2000])
-            except OSError as record_error:  # a full or read-only disk must not hide the job's own error
-                import sys
-
-                print(f"[proxy-exp] unit {unit_id}: could not record its failure ({record_error})", file=sys.stderr,
-                      flush=True)
+            units.record_failure(root, unit_id, e)
             raise
 
 
