@@ -456,9 +456,10 @@ def _ranking_table(scores: pd.DataFrame, table_size: str, primary_proxy: str, ce
     if table_rows.empty:
         raise ValueError(f"campaign_decisions: table_size={table_size!r} has no proxy score runs; "
                          f"sizes: {sorted(scores['size'].unique())}")
-    p_vals = _by_seed(table_rows, K.proxy_key(*primary_proxy.split("/")), table_size, []).mean(axis=1)
-    c_vals = _by_seed(table_rows, K.proxy_key(*ce_proxy.split("/")), table_size, []).mean(axis=1)
-    p_stat, c_stat = primary_proxy.split("/")[0], ce_proxy.split("/")[0]
+    (p_stat, p_weighting), (c_stat, c_weighting) = _split_proxy(primary_proxy, "primary_proxy"), _split_proxy(
+        ce_proxy, "ce_proxy")
+    p_vals = _by_seed(table_rows, K.proxy_key(p_stat, p_weighting), table_size, []).mean(axis=1)
+    c_vals = _by_seed(table_rows, K.proxy_key(c_stat, c_weighting), table_size, []).mean(axis=1)
     corpora = truth.index.intersection(p_vals.index).intersection(c_vals.index)
     table = pd.DataFrame({"corpus": corpora,
                           "proxy": p_vals.loc[corpora].to_numpy(),

@@ -37,6 +37,11 @@ def validate_job(job: Any) -> None:
         check_train_config(job)
 
 
+def _omegaconf_text(e: BaseException) -> str:
+    """An OmegaConf error's own sentence, without the key / type details it appends (the line names the key)."""
+    return _one_line(e).split("; full_key:")[0].split("; object_type=")[0].split("; reference_type=")[0]
+
+
 def _one_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     return "; ".join(lines) if lines else type(e).__name__
@@ -55,7 +60,7 @@ def user_error_message(e: BaseException) -> str | None:
 
     if isinstance(e, OmegaConfBaseException):
         key = getattr(e, "full_key", None)
-        text = _one_line(e).split("; full_key:")[0].split("; object_type=")[0]
+        text = _omegaconf_text(e)
         return f"config error: {key}: {text}" if key else f"config error: {text}"
     if isinstance(e, ProxyExpError) or (isinstance(e, (ValueError, FileNotFoundError)) and raised_in_project(e)):
         return f"error: {_one_line(e)}"
@@ -135,7 +140,7 @@ def compose_error_message(e: BaseException) -> str | None:
     cause = e.__cause__
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or ""
-        text = _one_line(cause).split("; full_key:")[0].split("; object_type=")[0].split("; reference_type=")[0]
+        text = _omegaconf_text(cause)
         fix = "fix the value on the command line"
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
             fields = _dataclass_fields(getattr(cause, "object_type", None))

@@ -87,7 +87,7 @@ def data_plan(cfg: CampaignJobConfig, plan: list[Unit], vocab: int) -> tuple[lis
     return rows, problems
 
 
-def check_repeats(cfg: CampaignJobConfig, plan: list[Unit], problems: list[str]) -> None:
+def check_repeats(cfg: CampaignJobConfig, problems: list[str]) -> None:
     """Warn about every source a budget repeats past its max_epochs; fail when its corpus says repeat_policy=fail."""
     strict = {name for name, c in cfg.campaign.corpora.items() if str(c.repeat_policy) == "fail"}
     for line in problems:
@@ -122,7 +122,7 @@ def print_plan(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
           f"{cfg.traces.per_task or 'all'} per task), window {cfg.score.window}; evaluation: "
           f"{', '.join(cfg.evaluate.tasks)} (limit {cfg.evaluate.limit or 'all'})")
     print(f"total training FLOPs: {rows['train_flops'].sum():.3g}; outputs under {resolve_root(cfg.paths)}")
-    check_repeats(cfg, plan, problems)
+    check_repeats(cfg, problems)
 
 
 def print_status(cfg: CampaignJobConfig, plan: list[Unit]) -> dict[str, int]:
@@ -148,7 +148,7 @@ def check_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     from proxy_exp.data.tokenizer import planned_vocab_size
 
     _, problems = data_plan(cfg, plan, planned_vocab_size(cfg.tokenizer)[0])
-    check_repeats(cfg, plan, problems)
+    check_repeats(cfg, problems)
 
 
 def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> Run:

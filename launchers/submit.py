@@ -202,8 +202,7 @@ def run_units(plan: list[Unit], done_ids: set[str], ex: ExecutorConfig, folder: 
                               and all(d in finished for d in v.depends_on)][:per_job - 1]
                 for v in group:
                     pending.remove(v)
-                key = (u.kind, u.role)
-                executor = executors.get(key) or executors.setdefault(key, make_executor(ex, folder, u.kind, u.role))
+                executor = _executor_for(executors, ex, folder, u)
                 executor.update_parameters(name=f"proxy-{u.kind}-{u.id[-12:]}")
                 if len(group) == 1:
                     job = executor.submit(run_unit, u.kind, u.config)
@@ -247,6 +246,14 @@ def _train_resources(u: Unit, ex: ExecutorConfig) -> dict[str, int]:
     return res
 
 
+def _executor_for(executors: dict, ex: ExecutorConfig, folder: str, u: Unit) -> Any:
+    """The one submitit executor of ``u``'s kind and role, made on first use (its resources: :func:`kind_resources`)."""
+    key = (u.kind, u.role)
+    if key not in executors:
+        executors[key] = make_executor(ex, folder, u.kind, u.role)
+    return executors[key]
+
+
 def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, str], ex: ExecutorConfig,
                  folder: str) -> dict[str, dict]:
     """Submit units to Slurm and return at once: the bpe unit as a job, tokenize units as job arrays (one task
@@ -279,8 +286,7 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
             return extra
 
         def submit_one(u: Unit) -> None:
-            key = (u.kind, u.role)
-            executor = executors.get(key) or executors.setdefault(key, make_executor(ex, folder, u.kind, u.role))
+            executor = _executor_for(executors, ex, folder, u)
             executor.update_parameters(name=f"proxy-{u.kind}",
                                        slurm_additional_parameters=after(u.depends_on, u.kind, u.role))
             record(u, executor.submit(run_unit, u.kind, u.config))
