@@ -56,6 +56,11 @@ def choose(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str
     """The single best proxy (``k=1``) or a greedy k-sparse combination, chosen on ``held_in`` (corpora x proxies,
     oriented so higher is better) against ``truth`` (the same corpora, higher better); ties go to ``prefer`` (in
     order), then to the alphabetically first name. Nothing else is seen."""
+    return _greedy(held_in, truth, k, prefer)[-1]
+
+
+def _greedy(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str]) -> list[Choice]:
+    """The choice after each step of :func:`choose`'s greedy search (the first is the single best proxy)."""
     names = list(held_in.columns)
     rank_of = {name: i for i, name in enumerate(sorted(names, key=lambda n: (n not in prefer,
                                                                                list(prefer).index(n) if n in prefer
@@ -65,6 +70,7 @@ def choose(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str
     mean, std = _zstats(x)
     z = (x - mean) / std
     chosen: list[int] = []
+    steps = []
     best_key: tuple = (-np.inf,)
     for _ in range(k):
         candidates = [j for j in range(len(names)) if j not in chosen]
@@ -72,14 +78,14 @@ def choose(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str
             break
         combos = np.stack([z[:, chosen + [j]].mean(axis=1) for j in candidates], axis=1)
         da, rho = _da_and_rho(combos, t)
-        keys = [(np.nan_to_num(d, nan=-1.0), np.nan_to_num(r, nan=-2.0), -len(chosen) - 1) for d, r in zip(da, rho)]
+        keys = [(np.nan_to_num(d, nan=-1.0), np.nan_to_num(r, nan=-2.0)) for d, r in zip(da, rho)]
         i = min(range(len(candidates)), key=lambda i: (tuple(-v for v in keys[i]), rank_of[names[candidates[i]]]))
-        if chosen and keys[i][:2] <= best_key[:2]:  # adding a proxy must improve the held-in fit
+        if chosen and keys[i] <= best_key:  # adding a proxy must improve the held-in fit
             break
         chosen.append(candidates[i])
         best_key = keys[i]
-    cols = [names[j] for j in chosen]
-    return Choice(tuple(cols), mean[chosen], std[chosen], float(best_key[0]))
+        steps.append(Choice(tuple(names[j] for j in chosen), mean[chosen], std[chosen], float(best_key[0])))
+    return steps or [Choice((), mean[[]], std[[]], float(best_key[0]))]
 
 
 @dataclass
@@ -109,8 +115,8 @@ def held_out_selection(oriented: pd.DataFrame, truth: pd.Series, k: int = 3, n_b
         if truth[a] == truth[b]:
             continue  # no winner to predict
         held_in = [c for c in corpora if c not in (a, b)]
-        for method, kk in (("single best (held out)", 1), (f"{k}-sparse (held out)", k)):
-            choice = choose(oriented.loc[held_in], truth.loc[held_in], kk, prefer)
+        steps = _greedy(oriented.loc[held_in], truth.loc[held_in], k, prefer)
+        for method, choice in (("single best (held out)", steps[0]), (f"{k}-sparse (held out)", steps[-1])):
             pred = choice.predict(oriented.loc[[a, b]])
             score = float(pairwise_decision_accuracy(pred[:, None], truth.loc[[a, b]].to_numpy())[0])
             rows.append({"method": method, "held_out": f"{a}|{b}", "correct": score, "chosen": "+".join(choice.proxies),
