@@ -139,17 +139,15 @@ def score_hidden_states(
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets must be [T] with T={hidden.shape[0]}, got shape {tuple(targets.shape)}")
     device = head_device(head)
-    if kernel != Kernel.torch and device is not None and hidden.device != device and device.type == "cuda":
+    if device is not None and hidden.device != device:
         hidden = hidden.to(device)
-    name, _ = resolve_kernel(kernel, head, hidden.device if device is None else device)
+    name, _ = resolve_kernel(kernel, head, hidden.device)
     if name == "triton":
         from proxy_exp.score import fused
 
         weight, bias, softcap = linear_head_parts(head)
         hidden = hidden.to(weight.device)
         return fused.fused_token_stats(hidden, weight, targets.to(weight.device), softcap=softcap, bias=bias)
-    if device is not None and hidden.device != device:
-        hidden = hidden.to(device)
     n = hidden.shape[0]
     if n == 0:
         return token_stats_from_logits(head(hidden), targets)
