@@ -25,7 +25,8 @@ from proxy_exp.units import manifest, verify_manifest
 COMPLETE = "COMPLETE"
 
 
-def _complete_steps(ckpt_root: str) -> list[int]:
+def complete_steps(ckpt_root: str) -> list[int]:
+    """The steps of the checkpoints whose COMPLETE marker was written, oldest first (none is verified here)."""
     if not os.path.isdir(ckpt_root):
         return []
     return sorted(int(d.split("-")[1]) for d in os.listdir(ckpt_root)
@@ -42,7 +43,7 @@ def _intact(ckpt_root: str, step: int) -> str:
 
 def latest_checkpoint(ckpt_root: str) -> int | None:
     """The step of the newest complete and intact checkpoint, or None; damaged ones are moved aside."""
-    for step in reversed(_complete_steps(ckpt_root)):
+    for step in reversed(complete_steps(ckpt_root)):
         problem = _intact(ckpt_root, step)
         if not problem:
             return step
@@ -54,7 +55,7 @@ def latest_checkpoint(ckpt_root: str) -> int | None:
 
 def prune_checkpoints(ckpt_root: str, keep: int) -> None:
     """Delete complete checkpoints older than the newest ``keep`` (``keep <= 0``: keep all)."""
-    for s in _complete_steps(ckpt_root)[:-keep] if keep > 0 else []:
+    for s in complete_steps(ckpt_root)[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(ckpt_root, f"step-{s}"), ignore_errors=True)
 
 
@@ -109,7 +110,7 @@ def save_checkpoint(engine, ckpt_root: str, step: int, is_main: bool, keep: int,
             raise
         _release(e)  # the writer's frames hold the partial file open: its space is freed only once it is closed
         shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint: never resumed from, and it frees space
-        kept = [f"step-{s}" for s in _complete_steps(ckpt_root)]
+        kept = [f"step-{s}" for s in complete_steps(ckpt_root)]
         raise OutputNotWritable(
             f"the disk is full saving checkpoint {tag} in {ckpt_root} ({shutil.disk_usage(ckpt_root).free >> 10} KiB "
             f"free): the partial checkpoint was removed; complete checkpoints kept: {', '.join(kept) or 'none'}. Free "

@@ -106,9 +106,10 @@ def run_steps(engine, scheduler, packed, plan: TrainPlan, cfg: TrainJobConfig, e
                 outcome.last_loss = float(loss)
                 done_steps = step + 1
                 if not math.isfinite(outcome.last_loss):  # every rank sees the same all-reduced loss
-                    from proxy_exp.train.checkpoint import latest_checkpoint
+                    from proxy_exp.train.checkpoint import complete_steps
 
-                    last = latest_checkpoint(ckpt_root)
+                    # the newest complete one; its checksums are verified (by one process) when the unit resumes
+                    last = (complete_steps(ckpt_root) or [None])[-1]
                     raise TrainingDiverged(
                         f"train/loss is {outcome.last_loss} at step {done_steps} of {cfg.corpus.name}/{cfg.model.name} "
                         f"seed {cfg.seed}: training stopped, no checkpoint saved at this step (the last good one is "
