@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from proxy_exp.config import STATISTICS, WEIGHTINGS, ScoreConfig
-from proxy_exp.tracking.keys import proxy_key
+from proxy_exp.tracking.keys import proxy_key, proxy_task_key
 
 # Columns of the per-token table that the weightings and the aggregation read.
 REQUIRED_COLUMNS: tuple[str, ...] = ("trace_id", "task", "token_id", "p_expert") + STATISTICS
@@ -88,6 +88,11 @@ class AggregateResult:
     per_trace: pd.DataFrame
     per_task: pd.DataFrame
     overall: dict[str, float]
+
+    def per_task_metrics(self) -> dict[str, float]:
+        """``per_task`` as metrics: ``proxy_task_key(task, statistic, weighting) -> value`` (NaN kept)."""
+        return {proxy_task_key(task, *name.split("/")): float(v)
+                for task, row in self.per_task.iterrows() for name, v in row.items()}
 
 
 def aggregate(tokens: pd.DataFrame, cfg: ScoreConfig, freq: np.ndarray) -> AggregateResult:

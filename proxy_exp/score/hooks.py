@@ -57,10 +57,7 @@ class ProxyHook:
         result = score_model(model, self.tokenizer, self.traces, self.score)
         metrics = dict(result.proxies)
         if self.per_task:
-            from proxy_exp.tracking.keys import proxy_task_key
-
-            for task, row in result.aggregate.per_task.iterrows():
-                metrics.update({proxy_task_key(task, *name.split("/")): float(v) for name, v in row.items()})
+            metrics.update(result.aggregate.per_task_metrics())
         metrics = {k: v for k, v in metrics.items() if v == v}
         self.log(metrics, step)
         self.history.append((step, metrics))

@@ -91,9 +91,7 @@ def _score(cfg: ScoreJobConfig, root: str, ref: str, uid: str, progress: bool) -
             paths[name] = os.path.join(udir, f"{name}.parquet")
             _write_parquet(df, paths[name])
         flops = compute.forward_flops(n_params, scores.tokens_forward)
-        metrics = dict(agg.overall)
-        for task, row in agg.per_task.iterrows():
-            metrics.update({keys.proxy_task_key(task, *name.split("/")): float(v) for name, v in row.items()})
+        metrics = dict(agg.overall) | agg.per_task_metrics()
         metrics.update({keys.FLOPS_SCORE: flops, keys.FLOPS_TRAIN: train_flops_of(cfg.model.path, cfg.train_flops),
                         keys.SCORE_TOKENS_SCORED: len(scores.tokens), keys.SCORE_TOKENS_FORWARD: scores.tokens_forward,
                         keys.SCORE_SECONDS: time.time() - t0})
