@@ -15,7 +15,8 @@ from proxy_exp.compute import forward_flops
 from proxy_exp.config import EvaluateConfig
 from proxy_exp.environment import set_offline
 from proxy_exp.evaluate import metrics as M
-from proxy_exp.evaluate.registry import TaskPlan, check_primary_metric, load_tasks, plan_tasks, units_of
+from proxy_exp.evaluate.registry import (TaskPlan, check_primary_metric, common_metrics, load_tasks, plan_tasks,
+                                         units_of)
 
 # The metrics of the embedded tasks (multiple choice): acc, acc_norm, logprob_per_char. Other tasks report others.
 METRICS: tuple[str, ...] = ("acc", "acc_norm", M.LOGPROB_PER_CHAR)
@@ -277,7 +278,7 @@ def collect(res: dict[str, Any], prepared: Prepared, lm: Any, cfg: EvaluateConfi
         clean[key] = values
     units = [u for obj in prepared.tasks for u in units_of(obj)]
     unit_keys = [M.task_name(u) for u in units]
-    common = [m for m in clean[unit_keys[0]] if m != M.N_DOCS and all(m in clean[u] for u in unit_keys[1:])]
+    common = [m for m in common_metrics([clean[u] for u in unit_keys]) if m != M.N_DOCS]
     mean = {m: sum(clean[u][m] for u in unit_keys) / len(unit_keys) for m in common}
     if cfg.primary_metric not in mean:
         check_primary_metric(prepared.plan, cfg.primary_metric,

@@ -112,6 +112,11 @@ class Requested:
     metrics: dict[str, list[str] | None] = field(default_factory=dict)
 
 
+def common_metrics(per_unit: list) -> list[str]:
+    """The metrics every unit reports, in the first unit's order (``per_unit``: one list of metric names each)."""
+    return [m for m in per_unit[0] if all(m in other for other in per_unit[1:])]
+
+
 @dataclass
 class TaskPlan:
     """``evaluate.tasks`` resolved: the requested names, the TaskManager setting that resolves them, and the metrics
@@ -134,7 +139,7 @@ class TaskPlan:
         per_unit = list(self.unit_metrics.values())
         if not per_unit or any(m is None for m in per_unit):
             return None
-        return [m for m in per_unit[0] if all(m in other for other in per_unit[1:])]
+        return common_metrics(per_unit)
 
     def manager(self):
         return task_manager(self.include_path, self.include_defaults)
@@ -355,8 +360,7 @@ def check_primary_metric(plan: TaskPlan, primary_metric: str, known: dict[str, l
         return
     lacking = [u for u, ms in per_unit.items() if primary_metric not in ms]
     if lacking:
-        lists = list(per_unit.values())
-        common = [m for m in lists[0] if all(m in other for other in lists[1:])]
+        common = common_metrics(list(per_unit.values()))
         raise ValueError(
             f"evaluate.primary_metric={primary_metric!r} is not reported by {', '.join(lacking[:4])}"
             f"{' and others' if len(lacking) > 4 else ''} (which report "
