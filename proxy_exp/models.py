@@ -180,8 +180,7 @@ def _weight_files(path: str) -> tuple[list[str], list[str]]:
     """The ``*.safetensors`` and ``pytorch_model*.bin`` files of a model folder (shards included)."""
     import glob
 
-    safetensors = sorted(glob.glob(os.path.join(glob.escape(path), "*.safetensors")))
-    bins = sorted(glob.glob(os.path.join(glob.escape(path), "pytorch_model*.bin")))
+    safetensors, bins = (sorted(glob.glob(os.path.join(glob.escape(path), pattern))) for pattern in WEIGHT_PATTERNS)
     return safetensors, bins
 
 

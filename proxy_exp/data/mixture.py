@@ -202,16 +202,24 @@ def open_train_data(corpus, tokenizer, tok_dir: str, seq_len: int, cache_dir: st
                     steps: int, settings=None, progress: bool = True, tokenize_missing: bool = True) -> TrainData:
     """The sequences a run of ``steps`` steps reads from ``corpus`` (one source, or a recipe's weighted sources),
     tokenizing missing shards here when ``tokenize_missing`` (a standalone run; in a campaign tokenize units did)."""
-    from proxy_exp.data.corpora import corpus_sources
     from proxy_exp.data.shards import open_source
+
+    srcs, mixture, weights, max_epochs = _recipe(corpus)
+    views = {name: open_source(src, tokenizer, tok_dir, seq_len, cache_dir, tokenize_missing, settings, progress,
+                               name=f"{corpus.name}/{name}" if mixture else name) for name, src in srcs.items()}
+    _check_one_batch(corpus.name, {n: v.total_tokens for n, v in views.items()}, mixture, global_batch, seq_len)
+    return TrainData(views, weights, seed, global_batch, steps, max_epochs)
+
+
+def _recipe(corpus) -> tuple[dict, bool, dict[str, float], dict[str, float]]:
+    """A corpus as a recipe: its sources, whether it is a mixture, each source's weight (1 for a single source) and
+    its max_epochs."""
+    from proxy_exp.data.corpora import corpus_sources
 
     srcs = corpus_sources(corpus)
     mixture = str(corpus.source) == "mixture"
-    views = {name: open_source(src, tokenizer, tok_dir, seq_len, cache_dir, tokenize_missing, settings, progress,
-                               name=f"{corpus.name}/{name}" if mixture else name) for name, src in srcs.items()}
     weights = {name: (float(src.weight) if mixture else 1.0) for name, src in srcs.items()}
-    _check_one_batch(corpus.name, {n: v.total_tokens for n, v in views.items()}, mixture, global_batch, seq_len)
-    return TrainData(views, weights, seed, global_batch, steps, {n: float(s.max_epochs) for n, s in srcs.items()})
+    return srcs, mixture, weights, {name: float(src.max_epochs) for name, src in srcs.items()}
 
 
 def _check_one_batch(corpus: str, tokens: dict[str, int], mixture: bool, global_batch: int, seq_len: int) -> None:
@@ -247,7 +255,7 @@ def _estimated_bytes(src) -> int:
             ratio = EST_TEXT_PER_FILE_BYTE[comp] if comp else 1.0
             kind = "parquet" if base.endswith((".parquet", ".pq")) else "arrow" if base.endswith(".arrow") else (
                 "jsonl" if str(src.source) in ("jsonl", "hf_dataset") else "text")
-            total += os.path.getsize(p) * ratio * (EST_TEXT_PER_FILE_BYTE[kind] if kind != "text" else 1.0)
+            total += os.path.getsize(p) * ratio * EST_TEXT_PER_FILE_BYTE[kind]
     total = int(total)
     return min(total, src.max_bytes) if src.max_bytes > 0 else total
 
@@ -298,14 +306,9 @@ class SharePlanner:
         return self._sizes[key]
 
     def shares(self, corpus, seq_len: int, positions: int) -> list[SourceShare]:
-        from proxy_exp.data.corpora import corpus_sources
-
-        srcs = corpus_sources(corpus)
-        mixture = str(corpus.source) == "mixture"
+        srcs, _, weights, max_epochs = _recipe(corpus)
         sizes = {name: self.available(src, seq_len) for name, src in srcs.items()}
-        weights = {name: (float(src.weight) if mixture else 1.0) for name, src in srcs.items()}
-        return realised_shares(weights, {n: v[0] for n, v in sizes.items()}, positions,
-                               {n: float(s.max_epochs) for n, s in srcs.items()},
+        return realised_shares(weights, {n: v[0] for n, v in sizes.items()}, positions, max_epochs,
                                frozenset(n for n, v in sizes.items() if v[1]))
 
 

@@ -16,10 +16,10 @@ import functools
 import numpy as np
 
 from proxy_exp.config import CorpusConfig, TokenizeConfig
-from proxy_exp.data.shards import TokenSource, id_bound, open_source, token_dtype
+from proxy_exp.data.shards import TokenSource, open_source, token_dtype
 
 PackedCorpus = TokenSource
-__all__ = ["PackedCorpus", "batch_indices", "id_bound", "pack_corpus", "token_dtype"]
+__all__ = ["PackedCorpus", "batch_indices", "pack_corpus", "token_dtype"]
 
 
 def pack_corpus(cfg: CorpusConfig, tokenizer, tokenizer_dir: str, seq_len: int, cache_dir: str,

@@ -34,13 +34,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from proxy_exp.config import CorpusSource
+from proxy_exp.config import CorpusSource, HfBuilder
 
 FILE_SOURCES = frozenset({"text_files", "jsonl", "parquet", "hf_dataset"})
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-HF_BUILDERS = ("json", "parquet", "csv", "text", "arrow")
+HF_BUILDERS = tuple(str(b) for b in HfBuilder if str(b))  # the data-file builders (none: a saved folder)
 GZIP_MAGIC, ZSTD_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1"
 READ_BATCH_ROWS = 1024
 

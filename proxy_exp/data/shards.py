@@ -193,11 +193,6 @@ def _ids(encodings: list) -> list[list[int]]:
     return [e if isinstance(e, list) else e.ids for e in encodings]
 
 
-def encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of ``texts`` (no special tokens), through the Rust tokenizer's ``encode_batch_fast``."""
-    return _ids(_encodings(tokenizer, texts))
-
-
 def join_documents(ids: list[list[int]], eos: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate documents' ids with eos after each; also return each document's end offset."""
     lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
@@ -359,12 +354,13 @@ class TokenSource:
     """One source read as ``num_sequences`` rows of ``seq_len`` token ids: its shards in order, concatenated
     (``usable`` tokens of each), cut into sequences. Shards are memory-mapped on use (at most 64 at once)."""
 
-    def __init__(self, name: str, shard_dirs: list[str], seq_len: int, usable: list[int] | None = None):
+    def __init__(self, name: str, shard_dirs: list[str], seq_len: int, usable: list[int] | None = None,
+                 metas: list[dict] | None = None):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.name = name
         self.shards = [os.path.abspath(p) for p in shard_dirs]
-        self.metas = [read_meta(p) for p in self.shards]
+        self.metas = metas if metas is not None else [read_meta(p) for p in self.shards]  # as the opener read them
         dtypes = {m["dtype"] for m in self.metas}
         if len(dtypes) > 1:
             raise ValueError(f"source {name!r}: shards of different dtypes {sorted(dtypes)} (different tokenizers?)")
@@ -459,9 +455,9 @@ class TokenSource:
                 f"seq_len={self.seq_len}, dtype={self.dtype})")
 
 
-def _usable(src, shard_dirs: list[str]) -> list[int]:
-    """Tokens of each shard a source trains on: file sources stop after the document that crosses max_bytes."""
-    metas = [read_meta(p) for p in shard_dirs]
+def _usable(src, shard_dirs: list[str], metas: list[dict]) -> list[int]:
+    """Tokens of each shard a source trains on (``metas``: the shards' meta.json): file sources stop after the
+    document that crosses max_bytes."""
     if not is_file_source(src) or src.max_bytes <= 0:
         return [int(m["tokens"]) for m in metas]
     out, seen = [], 0
@@ -503,7 +499,8 @@ def open_source(src, tokenizer, tok_dir: str, seq_len: int, cache_dir: str, toke
         tokenize_inputs(src, missing, tokenizer, tok_dir, cache_dir, settings or TokenizeConfig(), progress,
                         desc=f"tokenize {name or src.name}")
     dirs = [p for _, p in pairs]
-    view = TokenSource(name or src.name, dirs, seq_len, _usable(src, dirs))
+    metas = [read_meta(p) for p in dirs]
+    view = TokenSource(name or src.name, dirs, seq_len, _usable(src, dirs, metas), metas)
     if view.num_sequences == 0:
         raise ValueError(f"source {name or src.name!r} gave {view.total_tokens} tokens, fewer than one sequence of "
                          f"seq_len={seq_len}; add data, raise corpus.max_bytes or lower pretrain.seq_len")

@@ -40,7 +40,7 @@ def tokenizer_fingerprint(tok_dir: str) -> str:
     """sha256 (16 hex digits) of ``tok_dir/tokenizer.json`` (or, if absent, of its tokenizer files); memoised per
     process by the files' size and mtime."""
     files = _tokenizer_files(tok_dir)
-    key = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files)
+    key = tuple((p, st.st_size, st.st_mtime_ns) for p, st in ((p, os.stat(p)) for p in files))
     if key not in _FINGERPRINTS:
         h = hashlib.sha256()
         for path in files:

@@ -88,8 +88,7 @@ def _data_metrics(packed) -> dict[str, float]:
     """The realised mixture of the run: each source's share of its tokens, weight, epochs and sequences drawn."""
     out: dict[str, float] = {}
     for s in packed.shares():
-        out |= {keys.data_key(s.source, "share"): s.share, keys.data_key(s.source, "weight"): s.weight,
-                keys.data_key(s.source, "epochs"): s.epochs, keys.data_key(s.source, "sequences"): s.sequences}
+        out |= {keys.data_key(s.source, field): getattr(s, field) for field in keys.DATA_FIELDS}
     return out
 
 
