@@ -90,13 +90,12 @@ def input_memo():
 
 def _inputs_digest(src) -> str:
     """sha256 (16 hex digits) of a file source's input manifest (path, size, mtime of each file; none is read)."""
-    from proxy_exp.data.readers import input_files, manifest
+    from proxy_exp.data.readers import input_files, manifest, manifest_digest
 
     key = json.dumps([str(src.source), list(src.paths), src.hf_builder, src.hf_split])
     if _INPUT_MEMO is not None and key in _INPUT_MEMO:
         return _INPUT_MEMO[key]
-    entries = [[e["path"], e["size"], e["mtime_ns"]] for e in manifest(input_files(src))]
-    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    digest = manifest_digest(manifest(input_files(src)))
     if _INPUT_MEMO is not None:
         _INPUT_MEMO[key] = digest
     return digest
@@ -135,7 +134,8 @@ def tokenize_unit_id(tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, Co
     """A tokenize unit: a tokenizer, a source's reader settings and the manifest of the files it tokenizes (a
     packaged source: its config)."""
     from proxy_exp.data.readers import manifest
-    from proxy_exp.data.shards import SHARD_FORMAT, shard_reader_key
+    from proxy_exp.data.corpora import shard_reader_key
+    from proxy_exp.data.shards import SHARD_FORMAT
 
     inputs = [[e["path"], e["size"], e["mtime_ns"]] for e in manifest(files)] if files else [str(source.source)]
     return stable_id("tokenize", {**tokenizer_identity(tokenizer, tokenizer_corpora), "reader": shard_reader_key(source),

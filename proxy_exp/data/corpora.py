@@ -190,16 +190,18 @@ def corpus_sources(cfg: CorpusConfig) -> dict:
     return out
 
 
+def shard_reader_key(src) -> dict:
+    """The reader settings a shard's tokens depend on (file sources: not max_bytes, applied when reading)."""
+    if is_file_source(src):
+        return {"source": str(src.source), "text_field": src.text_field, "hf_builder": src.hf_builder,
+                "hf_split": src.hf_split}
+    return {"source": str(src.source), "max_bytes": src.max_bytes}
+
+
 def source_key(src) -> dict:
     """What determines the documents a source gives training (with its input manifest for file sources): the
     reader's settings, never the name, weight or repetition cap."""
-    key = {"source": str(src.source)}
-    if is_file_source(src):
-        key |= {"text_field": src.text_field, "hf_builder": src.hf_builder, "hf_split": src.hf_split,
-                "max_bytes": src.max_bytes}
-    else:
-        key["max_bytes"] = src.max_bytes
-    return key
+    return shard_reader_key(src) | {"max_bytes": src.max_bytes}
 
 
 def _fingerprint_key(cfg: CorpusConfig) -> str:

@@ -164,6 +164,14 @@ def manifest(files: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def manifest_digest(entries: list[dict[str, Any]]) -> str:
+    """sha256 (16 hex digits) of a :func:`manifest`: what a file source's inputs are known by."""
+    import hashlib
+
+    blob = json.dumps([[e["path"], e["size"], e["mtime_ns"]] for e in entries])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 # ------------------------------------------------------------------------------------------------ byte streams
 def _open_bytes(path: str) -> io.BufferedIOBase:
     """The decompressed bytes of ``path`` (gzip / zstandard by its name), checked against what the name says."""

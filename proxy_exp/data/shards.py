@@ -43,8 +43,8 @@ from typing import Iterator
 import numpy as np
 
 from proxy_exp.config import TokenizeConfig
-from proxy_exp.data.corpora import packaged_documents, packaged_files
-from proxy_exp.data.readers import Document, input_files, is_file_source, iter_file, manifest
+from proxy_exp.data.corpora import packaged_documents, packaged_files, shard_reader_key
+from proxy_exp.data.readers import Document, input_files, is_file_source, iter_file, manifest, manifest_digest
 from proxy_exp.data.tokenizer import tokenizer_fingerprint
 from proxy_exp.files import tmp_dir
 
@@ -77,18 +77,9 @@ class ShardInput:
         return self.path or f"packaged:{self.entry['packaged']}"
 
 
-def shard_reader_key(src) -> dict:
-    """The reader settings a shard's tokens depend on (file sources: not max_bytes, applied when reading)."""
-    if is_file_source(src):
-        return {"source": str(src.source), "text_field": src.text_field, "hf_builder": src.hf_builder,
-                "hf_split": src.hf_split}
-    return {"source": str(src.source), "max_bytes": src.max_bytes}
-
-
 def packaged_entry(src) -> dict:
     files = manifest(packaged_files(str(src.source)))
-    digest = hashlib.sha256(json.dumps([[f["path"], f["size"], f["mtime_ns"]] for f in files]).encode()).hexdigest()
-    return {"packaged": str(src.source), "files": digest[:16], "n_files": len(files)}
+    return {"packaged": str(src.source), "files": manifest_digest(files), "n_files": len(files)}
 
 
 def source_inputs(src, files: list[str] | None = None) -> list[ShardInput]:
