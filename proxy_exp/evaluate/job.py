@@ -59,9 +59,7 @@ def _evaluate(cfg: EvaluateJobConfig, root: str, ref: str, uid: str) -> Evaluate
     from proxy_exp.evaluate.metrics import HIGHER_IS_BETTER_PARAM, dumps_directions
 
     t0 = time.time()
-    if not cfg.model.path or not os.path.isdir(cfg.model.path):
-        raise FileNotFoundError(f"model.path={cfg.model.path!r} is not a model folder; give a local HF model folder")
-    check_model_folder(cfg.model)  # weights there (or the GGUF file), before the run is opened
+    check_model_folder(cfg.model)  # a folder with weights (or the GGUF file), before the run is opened
     cache = os.path.join(root, "cache")
     prepared = prepare(cfg.evaluate, cache)
     placement = resolve_placement(cfg.model, cache_dir=cache)

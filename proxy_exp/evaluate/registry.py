@@ -385,6 +385,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _is_local(dataset_path: Any) -> bool:
+    """Whether a task's ``dataset_path`` reads local data: a local builder (with data files) or a local folder."""
+    return dataset_path in LOCAL_BUILDERS or (isinstance(dataset_path, str) and os.path.exists(dataset_path))
+
+
 def data_source(task_cfg: Any) -> dict[str, Any]:
     """Where a task's documents come from: ``local`` (a local builder with data files, or a local folder) or the
     hub (``in_local_cache``: whether datasets finds it offline)."""
@@ -392,7 +397,7 @@ def data_source(task_cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"dataset_path": path, "dataset_name": name}
     if task_cfg.custom_dataset is not None:
         return out | {"local": None, "note": "custom_dataset: built by the task's own code"}
-    if path in LOCAL_BUILDERS or (isinstance(path, str) and os.path.exists(path)):
+    if _is_local(path):
         files = (task_cfg.dataset_kwargs or {}).get("data_files")
         flat = [files] if isinstance(files, str) else (
             [f for v in files.values() for f in ([v] if isinstance(v, str) else v or [])] if isinstance(files, dict)
@@ -480,7 +485,7 @@ def load_error(requested: str, e: BaseException) -> str:
     name = task.config.task
     where = f" (in {requested!r})" if name != requested else ""
     path, subset = task.config.dataset_path, task.config.dataset_name
-    if path in LOCAL_BUILDERS or (isinstance(path, str) and os.path.exists(path)):
+    if _is_local(path):
         files = (task.config.dataset_kwargs or {}).get("data_files")
         return (f"task {name!r}{where}: its local data (dataset_path={path}, data_files={files}) cannot be read: "
                 f"{type(e).__name__}: {first_line(e)}; fix the task's YAML (give absolute data_files: lm-eval "
