@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
+from proxy_exp.compute import ParamCounts, check_arch, d_ff
 from proxy_exp.config import Arch, ModelConfig
 from proxy_exp.errors import ProxyExpError
 from proxy_exp.files import tmp_name
@@ -14,31 +14,14 @@ from proxy_exp.files import tmp_name
 MODEL_RECORD = "proxy_exp.json"
 
 
-@dataclass
-class ParamCounts:
-    total: int
-    non_embedding: int
-
-
-def _d_ff(cfg: ModelConfig) -> int:
-    if cfg.d_ff:
-        return cfg.d_ff
-    if cfg.arch == Arch.gpt2:
-        return 4 * cfg.d_model
-    return max(32, int(round(8 * cfg.d_model / 3 / 32)) * 32)
-
-
 def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
     """The transformers config of an architecture from ModelConfig."""
-    if cfg.d_model % cfg.n_heads:
-        raise ValueError(f"model.d_model={cfg.d_model} must be divisible by model.n_heads={cfg.n_heads}")
+    check_arch(cfg)
     if cfg.arch == Arch.llama:
         from transformers import LlamaConfig
 
-        if cfg.n_heads % cfg.n_kv_heads:
-            raise ValueError(f"model.n_heads={cfg.n_heads} must be divisible by model.n_kv_heads={cfg.n_kv_heads}")
         return LlamaConfig(
-            vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=_d_ff(cfg),
+            vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=d_ff(cfg),
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
             max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=True,
             bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
@@ -48,10 +31,10 @@ def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_i
 
         return GPT2Config(
             vocab_size=vocab_size, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
-            n_inner=_d_ff(cfg), n_positions=cfg.max_seq_len, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            n_inner=d_ff(cfg), n_positions=cfg.max_seq_len, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
         )
-    raise ValueError(f"model.arch={cfg.arch!r} is not buildable; use 'llama' or 'gpt2' (or set model.path to load one)")
+    raise AssertionError(cfg.arch)  # check_arch allows llama and gpt2 only
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int, seed: int = 0):
@@ -80,15 +63,6 @@ def count_params(model) -> ParamCounts:
             emb.add(id(p))
     embedding = sum({id(p): p.numel() for p in model.parameters() if id(p) in emb}.values())
     return ParamCounts(total=total, non_embedding=total - embedding)
-
-
-def estimate_param_counts(cfg: ModelConfig, vocab_size: int) -> ParamCounts:
-    """Parameter counts without allocating weights (for dry runs and planning)."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size, 0, 0, 0))
-    return count_params(model)
 
 
 PACKAGE_PREFIX = "package:"

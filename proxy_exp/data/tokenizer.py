@@ -18,13 +18,16 @@ import os
 import shutil
 import time
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from proxy_exp.config import CorpusConfig, TokenizerConfig, TokenizerKind
 from proxy_exp.data.corpora import corpus_sources, packaged_files, read_documents, source_key
 from proxy_exp.data.packages import package_dir
 from proxy_exp.data.readers import input_files, is_file_source, manifest
 from proxy_exp.files import tmp_dir
+
+if TYPE_CHECKING:  # transformers loads torch: plans and status import this module and load no tokenizer
+    from transformers import PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
@@ -65,6 +68,8 @@ def _tokenizer_files(tok_dir: str) -> list[str]:
 
 
 def _wrap(tok) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
                                    unk_token=EOS_TOKEN, pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False)
 
@@ -87,6 +92,8 @@ def train_bpe(documents: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def _load(tok_dir: str) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(tok_dir)
 
 
@@ -222,7 +229,9 @@ def planned_vocab_size(cfg: TokenizerConfig) -> tuple[int, str]:
     return cfg.vocab_size, "tokenizer.vocab_size"
 
 
-def _pretrained(cfg: TokenizerConfig, cache_dir: str) -> tuple[PreTrainedTokenizerFast, str]:
+def _pretrained_dirs(cfg: TokenizerConfig, cache_dir: str) -> tuple[str, str]:
+    """(``tokenizer.path`` resolved, the folder the tokenizer is loaded from): the path itself when it is a folder,
+    else the cache folder a bare tokenizer.json is saved to (named by its content)."""
     if not cfg.path:
         raise ValueError("tokenizer.kind='pretrained' needs tokenizer.path (a tokenizer folder or tokenizer.json)")
     path = resolve_tokenizer_path(cfg.path)
@@ -230,14 +239,19 @@ def _pretrained(cfg: TokenizerConfig, cache_dir: str) -> tuple[PreTrainedTokeniz
         raise FileNotFoundError(f"tokenizer.path {cfg.path!r} does not exist; give a local tokenizer folder "
                                 f"(save_pretrained layout) or a tokenizer.json file")
     if os.path.isdir(path):
-        return AutoTokenizer.from_pretrained(path), path
-    # a bare tokenizer.json (e.g. olmo_eval/tokenizers/*.json): save it as a folder so models can carry it
-    from tokenizers import Tokenizer
-
+        return path, path
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    final = os.path.join(cache_dir, "tokenizers", f"file-{digest}")
+    return path, os.path.join(cache_dir, "tokenizers", f"file-{digest}")
+
+
+def _pretrained(cfg: TokenizerConfig, cache_dir: str) -> tuple[PreTrainedTokenizerFast, str]:
+    path, final = _pretrained_dirs(cfg, cache_dir)
     if not os.path.isdir(final):
+        # a bare tokenizer.json (e.g. olmo_eval/tokenizers/*.json): save it as a folder so models can carry it
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+
         raw = Tokenizer.from_file(path)
         vocab = raw.get_vocab()
         eos = EOS_TOKEN if EOS_TOKEN in vocab else None
@@ -249,3 +263,41 @@ def _pretrained(cfg: TokenizerConfig, cache_dir: str) -> tuple[PreTrainedTokeniz
         tok.save_pretrained(tmp)
         _publish(tmp, final)
     return _load(final), final
+
+
+def saved_tokenizer_dir(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig], cache_dir: str) -> str:
+    """The folder the campaign's tokenizer is saved in, or "" while it is not saved yet: found without building or
+    loading anything (plans and status)."""
+    try:
+        if cfg.kind == TokenizerKind.bpe:
+            d = bpe_cache_dir(cfg, corpora, cache_dir) if corpora else ""
+        else:
+            d = _pretrained_dirs(cfg, cache_dir)[1]
+    except (OSError, ValueError):
+        return ""
+    return d if d and os.path.isdir(d) else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedTokenizer:
+    """What a plan needs of a saved tokenizer (the eos id that names its token shards), read with the Rust
+    ``tokenizers`` library from the folder's tokenizer.json and tokenizer_config.json: no transformers, no torch."""
+
+    eos_token_id: int | None
+
+
+def saved_tokenizer(tok_dir: str) -> SavedTokenizer | None:
+    """:class:`SavedTokenizer` of a ``save_pretrained`` folder; None when its files do not say (then load it)."""
+    from tokenizers import Tokenizer
+
+    tj, tc = os.path.join(tok_dir, "tokenizer.json"), os.path.join(tok_dir, "tokenizer_config.json")
+    if not (os.path.isfile(tj) and os.path.isfile(tc)):
+        return None
+    with open(tc, encoding="utf-8") as f:
+        eos = json.load(f).get("eos_token")
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    if eos is None:
+        return SavedTokenizer(None)
+    eos_id = Tokenizer.from_file(tj).token_to_id(eos) if isinstance(eos, str) else None
+    return SavedTokenizer(eos_id) if eos_id is not None else None

@@ -16,7 +16,8 @@ import torch
 from proxy_exp.config import TrainJobConfig
 from proxy_exp.distributed import DistEnv
 from proxy_exp.errors import TrainingDiverged
-from proxy_exp.models import ParamCounts, build_model, count_params
+from proxy_exp.compute import ParamCounts
+from proxy_exp.models import build_model, count_params
 from proxy_exp.tracking import Run, keys
 from proxy_exp.train.checkpoint import save_checkpoint
 from proxy_exp.train.plan import TrainPlan, lr_lambda

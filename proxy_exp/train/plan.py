@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from proxy_exp.compute import train_flops_per_token
+from proxy_exp.compute import param_counts, train_flops_per_token
 from proxy_exp.config import BudgetParams, TrainJobConfig
-from proxy_exp.models import estimate_param_counts
 
 
 @dataclass
@@ -81,7 +80,7 @@ def plan_training(cfg: TrainJobConfig, vocab_size: int, world_size: int = 1) -> 
                        ("pretrain.seq_len", p.seq_len), ("vocabulary size (tokenizer.vocab_size)", vocab_size)]:
         if value <= 0:
             raise ValueError(f"{key}={value} must be a positive number: set it to 1 or more")
-    counts = estimate_param_counts(cfg.model, vocab_size)
+    counts = param_counts(cfg.model, vocab_size)
     if p.seq_len > cfg.model.max_seq_len:
         raise ValueError(f"pretrain.seq_len={p.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}: lower "
                          "pretrain.seq_len or raise model.max_seq_len")

@@ -59,3 +59,24 @@ def test_pretrained_tokenizer_and_fingerprint(bpe, cache_dir, tmp_path):
         build_tokenizer(TokenizerConfig(kind="pretrained", path=str(tmp_path / "nowhere")), {}, cache_dir)
     with pytest.raises(ValueError, match="valid kinds"):
         build_tokenizer(TokenizerConfig(kind="sentencepiece"), {}, cache_dir)
+
+
+def test_plans_find_a_saved_tokenizer_without_loading_it(bpe, cache_dir, tok_corpora):
+    """Plans read a saved tokenizer's eos id (which names its token shards) with the Rust tokenizers library alone:
+    it must be the id transformers loads, for the BPE and for OLMo's bare tokenizer.json; before a tokenizer is saved
+    the plan finds nothing and creates nothing."""
+    from omegaconf import OmegaConf
+
+    from launchers.app import CONF_DIR
+    from proxy_exp.data.tokenizer import saved_tokenizer, saved_tokenizer_dir
+
+    tok, tok_dir = bpe
+    assert saved_tokenizer_dir(TOK_CFG, tok_corpora, cache_dir) == tok_dir
+    assert saved_tokenizer(tok_dir).eos_token_id == tok.eos_token_id is not None
+    olmo = TokenizerConfig(**OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/tokenizer/olmo.yaml")))
+    empty = os.path.join(cache_dir, "fresh")
+    assert saved_tokenizer_dir(olmo, {}, empty) == "" and not os.path.exists(empty)
+    loaded, olmo_dir = build_tokenizer(olmo, {}, empty)
+    assert saved_tokenizer_dir(olmo, {}, empty) == olmo_dir
+    assert saved_tokenizer(olmo_dir).eos_token_id == loaded.eos_token_id is not None
+    assert saved_tokenizer_dir(dataclasses.replace(TOK_CFG, vocab_size=333), tok_corpora, cache_dir) == ""
