@@ -34,10 +34,10 @@ def campaign_dir(cfg: CampaignJobConfig, plan: list[Unit]) -> str:
 
 
 def done_units(cfg: CampaignJobConfig, plan: list[Unit]) -> set[str]:
-    """Units with a completion marker on disk (a finished MLflow run alone is not enough for a train unit,
-    whose model folder later units read)."""
+    """Units with a completion marker on disk and their outputs at their recorded sizes (a finished MLflow run alone
+    is not enough for a train unit, whose model folder later units read); no output is read (units.is_done)."""
     root = resolve_root(cfg.paths)
-    return {u.id for u in plan if units.read_done(root, u.id) is not None}
+    return {u.id for u in plan if units.is_done(root, u.id)}
 
 
 def _train_plan_rows(cfg: CampaignJobConfig, plan: list[Unit], vocab: int) -> list[dict]:
@@ -142,6 +142,26 @@ def print_status(cfg: CampaignJobConfig, plan: list[Unit]) -> dict[str, int]:
     return dict(counts)
 
 
+def verify_campaign(cfg: CampaignJobConfig, plan: list[Unit], progress: bool = True) -> int:
+    """``action=verify``: every output of every done unit against the checksum recorded when it completed (status and
+    runs read markers and sizes only). A damaged unit is no longer done (its marker is moved aside) and the next run
+    recomputes it. Returns 1 when any was damaged."""
+    from tqdm.auto import tqdm
+
+    root = resolve_root(cfg.paths)
+    done = [u for u in plan if units.is_done(root, u.id)]
+    damaged = {}
+    for u in tqdm(done, desc="verify", unit="unit", disable=not progress, dynamic_ncols=True):
+        problem = units.verify_done(root, u.id)
+        if problem:
+            damaged[u.id] = problem
+            print(f"damaged  {u.label}  {u.id}: {problem}")
+    print(f"campaign {cfg.campaign.name}: {len(done) - len(damaged)} of {len(done)} done unit(s) intact"
+          + (f"; {len(damaged)} damaged: no longer done, rerun proxy-campaign (action=run) to recompute them"
+             if damaged else "") + f" ({len(plan) - len(done)} not done)")
+    return 1 if damaged else 0
+
+
 def check_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     """Before anything runs: the repetition check of :func:`data_plan` (warn, or fail by corpus.repeat_policy).
     Tokenization is the tokenize units' work: the driver reads no corpus."""
@@ -173,12 +193,12 @@ def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> Run:
     return run
 
 
-def submit_campaign(cfg: CampaignJobConfig) -> dict[str, dict]:
+def submit_campaign(cfg: CampaignJobConfig, plan: list[Unit] | None = None) -> dict[str, dict]:
     """Slurm: submit every unit that is missing, failed or cancelled, and return at once with the job ids."""
     from launchers.state import load_jobs, needs_submission, save_jobs, unit_states
     from launchers.submit import submit_slurm
 
-    plan = plan_campaign(cfg)
+    plan = plan_campaign(cfg) if plan is None else plan
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
     ensure_experiment(cfg.tracking, root)
@@ -203,11 +223,11 @@ def submit_campaign(cfg: CampaignJobConfig) -> dict[str, dict]:
     return records
 
 
-def collect_campaign(cfg: CampaignJobConfig):
+def collect_campaign(cfg: CampaignJobConfig, plan: list[Unit] | None = None):
     """Analyse a campaign whose units ran elsewhere (Slurm): everything is read back from MLflow."""
     from analysis.reports import analyze_campaign
 
-    plan = plan_campaign(cfg)
+    plan = plan_campaign(cfg) if plan is None else plan
     counts = print_status(cfg, plan)
     if counts.get("done", 0) != len(plan):
         raise ValueError(f"campaign {cfg.campaign.name}: {len(plan) - counts.get('done', 0)} unit(s) not done yet; "
@@ -222,15 +242,15 @@ def collect_campaign(cfg: CampaignJobConfig):
     return report
 
 
-def run_campaign(cfg: CampaignJobConfig, progress: bool = True):
-    """Run (or resume) a campaign; returns (outcome, report)."""
+def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit] | None = None):
+    """Run (or resume) a campaign (``plan``: the command's plan, made once); returns (outcome, report)."""
     from tqdm.auto import tqdm
 
     from analysis.reports import analyze_campaign
     from launchers.submit import run_units
 
     t0 = time.time()
-    plan = plan_campaign(cfg)
+    plan = plan_campaign(cfg) if plan is None else plan
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
     ensure_experiment(cfg.tracking, root)  # create the store once, before jobs fan out
@@ -283,13 +303,17 @@ def _main(cfg: DictConfig) -> int:
     if job.action == CampaignAction.status:
         print_status(job, plan)
         return 0
+    if job.action == CampaignAction.verify:
+        if verify_campaign(job, plan):
+            sys.exit(1)
+        return 0
     if job.action == CampaignAction.collect:
-        collect_campaign(job)
+        collect_campaign(job, plan)
         return 0
     if job.executor.kind == ExecutorKind.slurm:
-        submit_campaign(job)  # returns at once
+        submit_campaign(job, plan)  # returns at once
         return 0
-    outcome, report = run_campaign(job)
+    outcome, report = run_campaign(job, plan=plan)
     if outcome.failed or outcome.skipped or report is None:
         sys.exit(1)
     return 0

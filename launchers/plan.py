@@ -44,6 +44,15 @@ def split_files(files: list[str], groups: int) -> list[list[str]]:
     return out
 
 
+def tokenizer_sample(cfg: CampaignJobConfig) -> dict:
+    """The BPE's sample (the distinct sources the campaign's corpora list; {} for a pretrained tokenizer): made once
+    per plan and shared by every unit, whose ids it enters (a copy per unit made planning grow with the square of
+    the recipes)."""
+    from proxy_exp.data.tokenizer import sample_sources
+
+    return sample_sources(dict(cfg.campaign.corpora)) if cfg.tokenizer.kind == TokenizerKind.bpe else {}
+
+
 def data_units(cfg: CampaignJobConfig) -> tuple[list[Unit], dict[str, list[str]]]:
     """The campaign's bpe unit (if it trains a BPE) and tokenize units, and the tokenize unit ids each corpus
     needs (corpus name -> ids)."""
@@ -51,11 +60,10 @@ def data_units(cfg: CampaignJobConfig) -> tuple[list[Unit], dict[str, list[str]]
     from proxy_exp.data.readers import input_files, is_file_source
 
     c = cfg.campaign
-    bpe = cfg.tokenizer.kind == TokenizerKind.bpe
-    tok_corpora = copy.deepcopy(dict(c.corpora)) if bpe else {}
+    tok_corpora = tokenizer_sample(cfg)
     out: list[Unit] = []
     deps: list[str] = []
-    if bpe:
+    if tok_corpora:
         bid = units.bpe_unit_id(cfg.tokenizer, tok_corpora)
         bcfg = BpeJobConfig(tokenizer=copy.deepcopy(cfg.tokenizer), corpora=tok_corpora, tracking=cfg.tracking,
                             paths=cfg.paths, unit_id=bid, campaign=c.name)
@@ -102,14 +110,14 @@ def _plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
             raise ValueError(f"campaign size {s!r} is not defined in campaign.sizes (have: {sorted(c.sizes)})")
     root = resolve_root(cfg.paths)
     plan, needs = data_units(cfg)
-    bpe = cfg.tokenizer.kind == TokenizerKind.bpe
+    tok_corpora = tokenizer_sample(cfg)
     roles = [("proxy", size, c.seeds) for size in c.proxy_sizes] + [("target", c.target_size, c.target_seeds)]
     for role, size, seeds in roles:
         for corpus_name, corpus in c.corpora.items():
             for seed in seeds:
                 tcfg = TrainJobConfig(model=copy.deepcopy(c.sizes[size]), tokenizer=copy.deepcopy(cfg.tokenizer),
                                       corpus=copy.deepcopy(corpus),
-                                      tokenizer_corpora=copy.deepcopy(dict(c.corpora)) if bpe else {},
+                                      tokenizer_corpora=tok_corpora,
                                       pretrain=_pretrain_for(cfg, role), seed=seed, tracking=cfg.tracking,
                                       paths=cfg.paths, campaign=c.name, tokenize=copy.deepcopy(cfg.tokenize))
                 tcfg.model.name = size

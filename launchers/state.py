@@ -120,7 +120,7 @@ def unit_states(plan: list[Unit], root: str, campaign_dir: str) -> list[UnitStat
     import time
 
     jobs = load_jobs(campaign_dir)
-    done = {u.id: units.read_done(root, u.id) is not None for u in plan}
+    done = {u.id: units.is_done(root, u.id) for u in plan}  # markers and sizes: no output is read
     wanted = [jobs[u.id]["job_id"] for u in plan if not done[u.id] and u.id in jobs]
     known, failure = slurm_states(wanted)
     out = []

@@ -61,7 +61,7 @@ _CHOICES: dict[str, tuple[str, str]] = {
     "FreqSource": ("traces", "score.freq_source: where freq / inv_freq count tokens (the scored solutions)"),
     "ExecutorKind": ("inline local slurm", "executor.kind: in this process, submitit's local executor, or Slurm"),
     "AnalysisKind": ("campaign datadecide model_selection forecast", "analysis.kind: which analysis to run"),
-    "CampaignAction": ("run plan status collect", "action of proxy-campaign"),
+    "CampaignAction": ("run plan status verify collect", "action of proxy-campaign"),
     "ProxyName": (" ".join(f"{s}/{w}" for s in STATISTICS for w in WEIGHTINGS),
                   "analysis.primary_proxy / ce_proxy: one of the 80 proxies, <statistic>/<weighting>"),
 }
@@ -472,7 +472,7 @@ class CampaignJobConfig(JobBase):
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
-    action: CampaignAction = CampaignAction.run  # run | plan | status | collect
+    action: CampaignAction = CampaignAction.run  # run | plan | status | verify (outputs' checksums) | collect
 
 
 @dataclass

@@ -29,6 +29,11 @@ _OPERATIONAL |= {"max_epochs", "repeat_policy", "id_field", "metadata_fields", "
 # The order a run reads its data in (bump when it changes): 2 = every source tokenized once into token shards and
 # read as a budget-independent seeded order, of which each model size reads a prefix (proxy_exp/data/mixture.py)
 DATA_ORDER_VERSION = 2
+# What scoring computes (bump when a statistic, a weighting, the aggregation or the trace windowing changes its
+# numbers): with the statistics' and weightings' names it enters every score unit's id, so an upgrade that changes
+# them reruns the score units and nothing else. Evaluate ids carry lm-eval's version and each embedded task's
+# metadata.version instead (evaluate_computation).
+SCORE_VERSION = 1
 
 
 @dataclass
@@ -104,24 +109,29 @@ def _inputs_digest(src) -> str:
 def corpus_identity(corpus) -> dict:
     """What determines a corpus's (or source's) documents: its result fields and, for file sources, the digest of
     its input manifest, so a changed, added or removed file changes it (packaged sources: their config, since the
-    packages are pinned)."""
+    packages are pinned); a recipe's weight-0 sources are left out."""
     from proxy_exp.data.readers import is_file_source
 
     out = _result_fields(corpus)
     if is_file_source(corpus):
         out["inputs"] = _inputs_digest(corpus)
     for name, src in (getattr(corpus, "mix", None) or {}).items():
-        if is_file_source(src):
+        if not src.weight > 0:  # a source the recipe does not read is not part of its identity
+            del out["mix"][name]
+        elif is_file_source(src):
             out["mix"][name]["inputs"] = _inputs_digest(src)
     return out
 
 
 def tokenizer_identity(tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, CorpusConfig]) -> dict:
     """What determines the tokenizer: a pretrained one is its config alone (the campaign's other corpora do not enter
-    the ids of units that use it); a BPE also its sample, i.e. the corpora it is trained on."""
+    the ids of units that use it); a BPE also its sample, the distinct sources the corpora list
+    (:func:`proxy_exp.data.tokenizer.sample_sources`: no recipe name or weight enters)."""
     out: dict[str, Any] = {"tokenizer": _result_fields(tokenizer)}
     if str(tokenizer.kind) == "bpe":
-        out["tokenizer_corpora"] = {k: corpus_identity(v) for k, v in sorted(tokenizer_corpora.items())}
+        from proxy_exp.data.tokenizer import sample_sources
+
+        out["tokenizer_sample"] = {k: corpus_identity(v) for k, v in sample_sources(tokenizer_corpora).items()}
     return out
 
 
@@ -145,7 +155,10 @@ def tokenize_unit_id(tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, Co
 def score_unit_id(model_ref: str, traces: TracesConfig, score: ScoreConfig, extra: dict | None = None) -> str:
     """``extra``: what else determines a standalone score unit's result (the checkpoint's identity, the run and step
     its proxies are logged at); a campaign's units have none (their model is named by its training unit)."""
-    payload = {"model": model_ref, "traces": to_dict(traces), "score": _result_fields(score)}
+    from proxy_exp.config import STATISTICS, WEIGHTINGS
+
+    payload = {"model": model_ref, "traces": to_dict(traces), "score": _result_fields(score),
+               "computation": {"version": SCORE_VERSION, "statistics": list(STATISTICS), "weightings": list(WEIGHTINGS)}}
     return stable_id("score", payload | ({"extra": extra} if extra else {}))
 
 
@@ -211,8 +224,25 @@ def eval_unit_id(model_ref: str, evaluate: EvaluateConfig, extra: dict | None = 
         from proxy_exp.evaluate.registry import include_path_fingerprint
 
         fields["include_path_files"] = include_path_fingerprint(evaluate.include_path)
-    payload = {"model": model_ref, "evaluate": fields}
+    payload = {"model": model_ref, "evaluate": fields, "computation": evaluate_computation(evaluate)}
     return stable_id("evaluate", payload | ({"extra": extra} if extra else {}))
+
+
+def evaluate_computation(evaluate: EvaluateConfig) -> dict:
+    """What else determines an evaluation's numbers: the installed lm-eval's version and the ``metadata.version`` of
+    each embedded task it runs (a team's task folder enters by its files' identity; a registry task by lm-eval's
+    version). Read from package metadata and the task YAMLs: lm-eval is not imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from proxy_exp.evaluate.task_data import available_tasks, embedded_task_yaml
+
+    try:
+        lm_eval = version("lm_eval")
+    except PackageNotFoundError:
+        lm_eval = "not installed"
+    embedded = sorted(set(evaluate.tasks) & set(available_tasks()))
+    return {"lm_eval": lm_eval,
+            "tasks": {t: str((embedded_task_yaml(t).get("metadata") or {}).get("version")) for t in embedded}}
 
 
 @contextlib.contextmanager
@@ -273,7 +303,7 @@ def manifest(folder: str, skip: tuple[str, ...] = ()) -> dict[str, dict]:
 HASH_CHECK_MAX_BYTES = 64 << 20  # larger files (a target model's weights) are checked by size on every read
 
 
-def verify_manifest(folder: str, expected: dict[str, dict], hash_max_bytes: int = HASH_CHECK_MAX_BYTES) -> str:
+def verify_manifest(folder: str, expected: dict[str, dict], hash_max_bytes: float = HASH_CHECK_MAX_BYTES) -> str:
     """"" when every file of ``expected`` is under ``folder`` with its size and (files up to ``hash_max_bytes``)
     checksum, else what is wrong."""
     for rel, want in sorted(expected.items()):
@@ -283,33 +313,60 @@ def verify_manifest(folder: str, expected: dict[str, dict], hash_max_bytes: int 
         size = os.path.getsize(full)
         if size != want["size"]:
             return f"{rel} has {size} bytes, {want['size']} when it was written (truncated?)"
-        if size <= hash_max_bytes and file_sha256(full) != want["sha256"]:
+        if 0 < hash_max_bytes and size <= hash_max_bytes and file_sha256(full) != want["sha256"]:
             return f"{rel} does not match its checksum (corrupt)"
     return ""
 
 
-def read_done(root: str, unit_id: str) -> dict | None:
-    """The unit's result if it is done and its outputs are intact (the checksums of MANIFEST.json); a unit whose
-    outputs were damaged since (a truncated model file, a corrupt Parquet) is not done: it is recomputed, never used
-    (its marker is moved aside, with a warning)."""
+def read_done(root: str, unit_id: str, hash_max_bytes: int | None = HASH_CHECK_MAX_BYTES) -> dict | None:
+    """The unit's result if it is done and its outputs are intact (MANIFEST.json: every file's size, and the checksum
+    of files up to ``hash_max_bytes``; None = every file); a unit whose outputs were damaged since (a truncated model
+    file, a corrupt Parquet) is not done: it is recomputed, never used (its marker is moved aside, with a warning).
+    A job reads its own unit this way; a campaign's driver asks :func:`is_done` (markers and sizes, nothing moved)."""
     d = unit_dir(root, unit_id)
     path = os.path.join(d, DONE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         done = json.load(f)
-    man = os.path.join(d, MANIFEST)
-    if os.path.exists(man):
-        with open(man) as f:
-            problem = verify_manifest(d, json.load(f))
-        if problem:
-            import sys
+    problem = _manifest_problem(d, hash_max_bytes)
+    if problem:
+        import sys
 
-            print(f"[proxy-exp] unit {unit_id}: {problem}; its outputs are not used, the unit runs again",
-                  file=sys.stderr, flush=True)
-            os.replace(path, os.path.join(d, f"{DONE}.invalid"))
-            return None
+        print(f"[proxy-exp] unit {unit_id}: {problem}; its outputs are not used, the unit runs again",
+              file=sys.stderr, flush=True)
+        os.replace(path, os.path.join(d, f"{DONE}.invalid"))
+        return None
     return done
+
+
+def _manifest_problem(d: str, hash_max_bytes: int | None) -> str:
+    man = os.path.join(d, MANIFEST)
+    if not os.path.exists(man):
+        return ""
+    with open(man) as f:
+        expected = json.load(f)
+    return verify_manifest(d, expected, hash_max_bytes=float("inf") if hash_max_bytes is None else hash_max_bytes)
+
+
+def is_done(root: str, unit_id: str) -> bool:
+    """Whether the unit's completion marker exists and every output it recorded has its recorded size: what status,
+    plans and the driver read (no output is read or hashed, nothing is changed on disk; checksums are verified when a
+    job reads its own unit and by ``proxy-campaign action=verify``)."""
+    d = unit_dir(root, unit_id)
+    return os.path.exists(os.path.join(d, DONE)) and not _manifest_problem(d, 0)
+
+
+def verify_done(root: str, unit_id: str) -> str:
+    """``proxy-campaign action=verify``: every output of a done unit against its recorded checksum (whatever its
+    size). "" when intact or not done; else what is wrong, and the unit's marker is moved aside so that it reruns."""
+    d = unit_dir(root, unit_id)
+    if not os.path.exists(os.path.join(d, DONE)):
+        return ""
+    problem = _manifest_problem(d, None)
+    if problem:
+        os.replace(os.path.join(d, DONE), os.path.join(d, f"{DONE}.invalid"))
+    return problem
 
 
 def write_done(root: str, unit_id: str, result: Any) -> None:

@@ -113,18 +113,25 @@ def source_manifest(src) -> list[dict]:
 
 
 def sample_sources(corpora: dict[str, CorpusConfig]) -> dict[str, CorpusConfig]:
-    """The sources a BPE samples: every corpus, a recipe expanded into its sources (``<recipe>/<source>``), each
-    distinct source once (the first name in sorted order)."""
-    out: dict[str, CorpusConfig] = {}
-    seen: set[str] = set()
+    """The sources a BPE samples: every distinct source the corpora list (a recipe's mix entries, weight 0 included),
+    each once, as a plain corpus named and ordered by what it reads (``source-<hash of its reader settings and
+    paths>``). Nothing of the recipes enters (their names, weights, number, which recipe lists a source), so adding,
+    removing or reweighting a recipe over these sources leaves the tokenizer, and every other recipe's units, as
+    they are (README: the BPE's sample). Idempotent: the sample of a sample is itself."""
+    from proxy_exp.config import SourceConfig
+
+    found: dict[str, CorpusConfig] = {}
     for name in sorted(corpora):
-        srcs = corpus_sources(corpora[name])
-        for sname, src in srcs.items():
-            ident = json.dumps([source_key(src), list(src.paths)], sort_keys=True, default=str)
-            if ident not in seen:
-                seen.add(ident)
-                out[name if len(srcs) == 1 and sname == corpora[name].name else f"{name}/{sname}"] = src
-    return out
+        corpus = corpora[name]
+        corpus_sources(corpus)  # the recipe's checks
+        listed = corpus.mix if str(corpus.source) == "mixture" else {name: corpus}
+        for src in listed.values():
+            key = json.dumps([source_key(src), list(src.paths)], sort_keys=True, default=str)
+            if key not in found:
+                label = f"source-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+                found[key] = CorpusConfig(**{f.name: getattr(src, f.name) for f in dataclasses.fields(SourceConfig)}
+                                          | {"name": label})
+    return {c.name: c for c in sorted(found.values(), key=lambda c: c.name)}
 
 
 def _balanced_sample(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig],
