@@ -167,7 +167,8 @@ def check_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     Tokenization is the tokenize units' work: the driver reads no corpus."""
     from proxy_exp.data.tokenizer import planned_vocab_size
 
-    _, problems = data_plan(cfg, plan, planned_vocab_size(cfg.tokenizer)[0])
+    with units.input_memo():
+        _, problems = data_plan(cfg, plan, planned_vocab_size(cfg.tokenizer)[0])
     check_repeats(cfg, problems)
 
 
@@ -296,10 +297,11 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit]
 
 def _main(cfg: DictConfig) -> int:
     job = to_job(cfg, CampaignJobConfig)
-    plan = plan_campaign(job)
-    if job.dry_run or job.action == CampaignAction.plan:
-        print_plan(job, plan)
-        return 0
+    with units.input_memo():  # the plan and what it prints list and stat each input file once
+        plan = plan_campaign(job)
+        if job.dry_run or job.action == CampaignAction.plan:
+            print_plan(job, plan)
+            return 0
     if job.action == CampaignAction.status:
         print_status(job, plan)
         return 0

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from proxy_exp import units
 from proxy_exp.config import (Arch, BpeJobConfig, CampaignJobConfig, EvaluateJobConfig, InLoopConfig, PretrainConfig,
                               ScoreJobConfig, TokenizeJobConfig, TokenizerKind, TrainJobConfig, resolve_root)
+from proxy_exp.data.readers import file_stat
 from proxy_exp.units import Unit
 
 
@@ -30,7 +31,7 @@ def split_files(files: list[str], groups: int) -> list[list[str]]:
     if not files:
         return []
     n = max(1, min(groups, len(files)))
-    sizes = [max(1, os.path.getsize(f)) for f in files]
+    sizes = [max(1, file_stat(f).st_size) for f in files]
     total, out, cur, acc = sum(sizes), [], [], 0
     for f, size in zip(files, sizes):
         cur.append(f)

@@ -83,12 +83,16 @@ _INPUT_MEMO: dict[str, str] | None = None
 
 @contextlib.contextmanager
 def input_memo():
-    """Inside: each file source's input manifest is stat-ed once (a plan computes the ids of many units over the
-    same corpora); outside, every call looks at the files afresh."""
+    """Inside: each file source's files are listed and stat-ed once (readers.listing_memo) and its manifest's digest
+    made once (a plan computes the ids of many units over the same corpora); outside, every call looks at the files
+    afresh."""
+    from proxy_exp.data.readers import listing_memo
+
     global _INPUT_MEMO
     outer, _INPUT_MEMO = _INPUT_MEMO, ({} if _INPUT_MEMO is None else _INPUT_MEMO)
     try:
-        yield
+        with listing_memo():
+            yield
     finally:
         _INPUT_MEMO = outer
 

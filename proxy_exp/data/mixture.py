@@ -277,7 +277,7 @@ def _estimated_bytes(src) -> int:
     import os
 
     from proxy_exp.data.corpora import packaged_files
-    from proxy_exp.data.readers import input_files, is_file_source, split_compression
+    from proxy_exp.data.readers import file_stat, input_files, is_file_source, split_compression
 
     if not is_file_source(src):
         total = sum(os.path.getsize(p) for p in packaged_files(str(src.source)))
@@ -288,7 +288,7 @@ def _estimated_bytes(src) -> int:
             ratio = EST_TEXT_PER_FILE_BYTE[comp] if comp else 1.0
             kind = "parquet" if base.endswith((".parquet", ".pq")) else "arrow" if base.endswith(".arrow") else (
                 "jsonl" if str(src.source) in ("jsonl", "hf_dataset") else "text")
-            total += os.path.getsize(p) * ratio * EST_TEXT_PER_FILE_BYTE[kind]
+            total += file_stat(p).st_size * ratio * EST_TEXT_PER_FILE_BYTE[kind]
     total = int(total)
     return min(total, src.max_bytes) if src.max_bytes > 0 else total
 

@@ -26,6 +26,7 @@ package is a dependency here.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import io
@@ -113,10 +114,46 @@ def _check_name(source: str, path: str) -> None:
                          f"corpus.source={'jsonl' if base.endswith(JSONL_SUFFIXES) else 'parquet'}")
 
 
+_MEMO: dict | None = None  # inside listing_memo(): {"files": source spec -> its files, "stat": path -> os.stat}
+
+
+@contextlib.contextmanager
+def listing_memo():
+    """Inside: each file source's files are listed once and each file stat-ed once, whoever asks (a command plans,
+    checks and prints hundreds of units over the same sources: each file was stat-ed ~29 times); outside (a job),
+    every call looks at the files afresh."""
+    global _MEMO
+    outer = _MEMO
+    _MEMO = {"files": {}, "stat": {}} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
+def file_stat(path: str) -> os.stat_result:
+    """``os.stat(path)``, once per path inside :func:`listing_memo`."""
+    if _MEMO is None:
+        return os.stat(path)
+    st = _MEMO["stat"].get(path)
+    if st is None:
+        st = _MEMO["stat"][path] = os.stat(path)
+    return st
+
+
 def input_files(src) -> list[str]:
     """The input files of a file source: every ``src.paths`` entry (a file, a folder searched recursively for files
     of the format, or a glob) expanded and sorted, duplicates dropped; a saved HF dataset gives its Arrow files.
-    Raises FileNotFoundError for an entry that matches nothing."""
+    Raises FileNotFoundError for an entry that matches nothing. Listed once per source inside :func:`listing_memo`."""
+    if _MEMO is None:
+        return _list_input_files(src)
+    key = json.dumps([str(src.source), list(src.paths), src.hf_builder, src.hf_split], default=str)
+    if key not in _MEMO["files"]:
+        _MEMO["files"][key] = _list_input_files(src)
+    return list(_MEMO["files"][key])
+
+
+def _list_input_files(src) -> list[str]:
     source = str(src.source)
     if source not in FILE_SOURCES:
         raise ValueError(f"corpus {src.name!r}: source {source!r} reads no files of its own")
@@ -159,7 +196,7 @@ def manifest(files: list[str]) -> list[dict[str, Any]]:
     """``[{path, size, mtime_ns}]`` of input files: what caches and unit ids are keyed by (no file is read)."""
     out = []
     for p in files:
-        st = os.stat(p)
+        st = file_stat(p)
         out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
 

@@ -59,3 +59,49 @@ def test_shares_of_a_billion_parameter_budget_are_counted():
     w = np.asarray(weights) / np.sum(weights)
     assert counts.sum() == n and np.abs(counts - w * n).max() <= (len(w) + 1) / 2
     assert seconds < 1.0 and peak < 1 << 20, (seconds, peak)  # the schedule took ~130 s and ~10 GB here
+
+
+@pytest.mark.parametrize("recipes", [2, 6])
+def test_each_input_file_is_stat_ed_once_per_plan(tmp_path, monkeypatch, recipes, capsys):
+    """Recipes over shared JSON-lines sources: planning and printing the plan (ids, tokenize groups, estimated
+    shares) stat each input file once, however many recipes read it (~29 times before)."""
+    import collections
+    import copy
+    import json
+    import os
+
+    from launchers.app import to_job
+    from launchers.campaign import print_plan
+    from launchers.plan import plan_campaign
+    from proxy_exp import units
+    from proxy_exp.config import CampaignJobConfig, CorpusConfig, MixSourceConfig
+    from tests.helpers import compose
+
+    src_dir = tmp_path / "sources"
+    for s in range(3):
+        (src_dir / f"s{s}").mkdir(parents=True)
+        for i in range(20):
+            (src_dir / f"s{s}" / f"part-{i}.jsonl").write_text(json.dumps({"text": "words " * 400}) + "\n")
+    job = to_job(compose("campaign", [f"paths.root={tmp_path / 'root'}", "tokenizer=olmo", "campaign=mini"]),
+                 CampaignJobConfig)
+    mix = {f"s{s}": MixSourceConfig(name=f"s{s}", source="jsonl", paths=[str(src_dir / f"s{s}")]) for s in range(3)}
+    job.campaign.corpora = {}
+    for r in range(recipes):
+        m = copy.deepcopy(mix)
+        for s, src in enumerate(m.values()):
+            src.weight = 1.0 + (r + s) % 3
+        job.campaign.corpora[f"r{r}"] = CorpusConfig(name=f"r{r}", source="mixture", mix=m)
+    counts: collections.Counter = collections.Counter()
+    real = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        if str(path).startswith(str(src_dir)) and str(path).endswith(".jsonl"):
+            counts[str(path)] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    with units.input_memo():
+        plan = plan_campaign(job)
+        print_plan(job, plan)
+    assert "data per corpus" in capsys.readouterr().out
+    assert len(counts) == 60 and set(counts.values()) == {1}, counts.most_common(3)
