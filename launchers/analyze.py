@@ -42,10 +42,10 @@ def _main(cfg: DictConfig) -> int:
         else:
             reports.analyze_forecast(job.tracking, root, out_dir, job.analysis)
         return 0
-    from proxy_exp.tracking import configure, query
+    from proxy_exp.tracking import query
 
-    run_id = job.campaign_run_id or query.find_campaign_run(configure(job.tracking, root), job.tracking.experiment,
-                                                            job.campaign_name or "mini")
+    run_id = job.campaign_run_id or query.find_campaign_run(query.configure_reads(job.tracking, root),
+                                                            job.tracking.experiment, job.campaign_name or "mini")
     out_dir = job.output_dir or os.path.join(root, "analysis", run_id[:12])
     if job.dry_run:
         print(json.dumps({"campaign_run_id": run_id, "output_dir": out_dir}, indent=2))

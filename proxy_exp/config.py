@@ -270,11 +270,18 @@ class EvaluateConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow. An empty uri means the embedded SQLite store under paths.root."""
+    """MLflow. An empty uri means the embedded SQLite store under paths.root.
+
+    Two HTTP timeouts (MLflow reads ``MLFLOW_HTTP_REQUEST_TIMEOUT`` at each request; ``tracking.run.configure`` sets
+    it): ``http_timeout_s`` for a job's writes, short so that a job notices a server that is down and buffers its
+    metrics; ``analysis_timeout_s`` for the read side (proxy-analyze, a campaign's collect: a campaign's runs searched
+    page by page, their histories and artifacts), where one page of runs with ~1,700 metrics each takes tens of
+    seconds on a busy shared server and a 10 s limit fails the first search."""
 
     uri: str = ""
     experiment: str = "proxy-exp"
     http_timeout_s: int = 10
+    analysis_timeout_s: int = 300  # the read side's (analysis) HTTP timeout: see above
     http_max_retries: int = 1
     enabled: bool = True  # false: log nothing (benchmarks and device checks on machines without MLflow)
     # an existing run to log into (a team's own training run), instead of a new one; it is left running

@@ -1,20 +1,44 @@
 """The read side of MLflow: runs as a pandas frame, one run's metric history, artifacts, a campaign's parent run.
 
 analysis/ reads MLflow only through these functions (and tracking/ is the only package that imports mlflow).
+Searches page through every match (:data:`PAGE_SIZE` runs a request, MLflow's ``page_token``): no result is dropped
+by a cap. One ``MlflowClient`` per tracking URI and process (:func:`_client`). Reads that may be long (a campaign's
+runs through a server) run under ``tracking.analysis_timeout_s`` (:func:`configure_reads`), not a job's
+``tracking.http_timeout_s``.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import os
-from typing import Any
+import shutil
+import tempfile
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
 
+from proxy_exp.config import TrackingConfig
 from proxy_exp.tracking import keys
+from proxy_exp.tracking.run import configure
+
+PAGE_SIZE = 500  # runs per search request: a page of a campaign's runs (~1,700 metrics each) answers in seconds
+RUN_COLUMNS = ("run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time")  # mlflow.search_runs's
 
 
+@functools.cache
 def _client(uri: str):
+    """The process's one ``MlflowClient`` of ``uri`` (its HTTP timeout is read from the environment at each request,
+    so :func:`configure_reads` applies to it as well)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def configure_reads(cfg: TrackingConfig, root: str) -> str:
+    """:func:`proxy_exp.tracking.run.configure` for the read side: MLflow's HTTP timeout is
+    ``tracking.analysis_timeout_s`` (a campaign's search through a server takes longer than a job's
+    ``http_timeout_s`` allows); returns the URI. A :class:`~proxy_exp.tracking.run.Run` opened afterwards sets the
+    job's timeout again."""
+    return configure(cfg, root, timeout_s=cfg.analysis_timeout_s)
 
 
 def check_store_exists(tracking_uri: str) -> None:
@@ -48,22 +72,50 @@ def experiment_of(uri: str, run_id: str) -> str:
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
-def runs_frame(uri: str, experiment: str, filter_string: str = ""):
-    """All active runs of ``experiment``, one row per run, as ``mlflow.search_runs`` gives them: columns
-    ``run_id``, ``status``, ``start_time``, ..., ``metrics.*``, ``params.*``, ``tags.*``."""
-    import mlflow
+def iter_runs(uri: str, experiment: str, filter_string: str | Sequence[str] = "", order_by: list[str] | None = None,
+              page_size: int = PAGE_SIZE) -> Iterator[Any]:
+    """Every active run of ``experiment`` matching ``filter_string`` (MLflow ``Run`` objects), page by page: a page is
+    requested only when the caller gets that far (``itertools.islice`` it for the first few). A list of filters gives
+    the runs that match any of them (MLflow's filters have no OR), each once, filter after filter."""
+    client, exp_id, seen = _client(uri), experiment_id(uri, experiment), set()
+    for one in [filter_string] if isinstance(filter_string, str) else filter_string:
+        token = None
+        while True:
+            page = client.search_runs([exp_id], filter_string=one, max_results=page_size, order_by=order_by,
+                                      page_token=token)
+            for run in page:
+                if run.info.run_id not in seen:
+                    seen.add(run.info.run_id)
+                    yield run
+            token = page.token
+            if not token:
+                break
 
+
+def _frame(runs: list[Any]):
+    """Runs laid out as ``mlflow.search_runs(output_format="pandas")`` lays them out: :data:`RUN_COLUMNS`
+    (times as UTC timestamps), then ``metrics.*``, ``params.*`` and ``tags.*`` (missing where a run lacks one)."""
+    import pandas as pd
+
+    info = pd.DataFrame([[getattr(r.info, c) for c in RUN_COLUMNS] for r in runs], columns=list(RUN_COLUMNS))
+    for column in ("start_time", "end_time"):
+        info[column] = pd.to_datetime(info[column], unit="ms", utc=True)
+    parts = [pd.DataFrame([getattr(r.data, what) for r in runs], index=info.index).add_prefix(what + ".")
+             for what in ("metrics", "params", "tags")]
+    return pd.concat([info, *parts], axis=1)
+
+
+def runs_frame(uri: str, experiment: str, filter_string: str | Sequence[str] = "", page_size: int = PAGE_SIZE):
+    """Every active run of ``experiment`` matching ``filter_string`` (all pages; a list: any of the filters,
+    :func:`iter_runs`), one row per run, as
+    ``mlflow.search_runs`` gives them: columns ``run_id``, ``status``, ``start_time``, ..., ``metrics.*``,
+    ``params.*``, ``tags.*``. Filter on a campaign (``keys.tag_filter(keys.CAMPAIGN, name)``) rather than read a
+    whole experiment: each run carries its ~1,700 metrics."""
     if not uri:
         raise ValueError("runs_frame: the tracking URI is empty; pass the store's URI, e.g. "
                          "'sqlite:////abs/path/mlflow.db' or 'http://127.0.0.1:5000'")
     check_store_exists(uri)
-    experiment_id(uri, experiment)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string, output_format="pandas")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    return _frame(list(iter_runs(uri, experiment, filter_string, page_size=page_size)))
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -83,29 +135,42 @@ def latest_metrics(uri: str, run_id: str) -> dict[str, float]:
 
 def download_artifact(uri: str, run_id: str, path: str) -> str | None:
     """A run's artifact downloaded to a local temporary path, or None when the run has no such artifact."""
-    import mlflow
-
+    dst = tempfile.mkdtemp(prefix="proxy-exp-artifact-")
     try:
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=uri)
+        return _client(uri).download_artifacts(run_id, path, dst)
     except Exception:  # noqa: BLE001 (MLflow raises several types for a missing artifact)
+        shutil.rmtree(dst, ignore_errors=True)
         return None
 
 
-def find_runs(uri: str, experiment: str, filter_string: str, max_results: int = 200) -> list[Any]:
-    """Runs matching ``filter_string``, newest first (MLflow ``Run`` objects: ``.info.run_id``, ``.data``)."""
-    return list(_client(uri).search_runs([experiment_id(uri, experiment)], filter_string=filter_string,
-                                         order_by=["attributes.start_time DESC"], max_results=max_results))
+def parquet_artifact(uri: str, run_id: str, path: str):
+    """A run's Parquet artifact as a ``pyarrow.Table`` (its schema metadata kept), or None when the run has none."""
+    local = download_artifact(uri, run_id, path)
+    if local is None:
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.read_table(local)
 
 
-def child_runs(uri: str, experiment: str, parent_run_id: str) -> list[Any]:
-    """The child runs of ``parent_run_id`` (tag ``mlflow.parentRunId``), newest first."""
-    return find_runs(uri, experiment, f"tags.`{keys.PARENT_RUN_ID}` = '{parent_run_id}'", max_results=10000)
+def find_runs(uri: str, experiment: str, filter_string: str, limit: int | None = None,
+              page_size: int = PAGE_SIZE) -> list[Any]:
+    """Runs matching ``filter_string``, newest first (MLflow ``Run`` objects: ``.info.run_id``, ``.data``): all of
+    them, or the newest ``limit``."""
+    newest = iter_runs(uri, experiment, filter_string, ["attributes.start_time DESC"],
+                       min(page_size, limit) if limit else page_size)
+    return list(itertools.islice(newest, limit))
+
+
+def child_runs(uri: str, experiment: str, parent_run_id: str, page_size: int = PAGE_SIZE) -> list[Any]:
+    """Every child run of ``parent_run_id`` (tag ``mlflow.parentRunId``), newest first."""
+    return find_runs(uri, experiment, f"tags.`{keys.PARENT_RUN_ID}` = '{parent_run_id}'", page_size=page_size)
 
 
 def find_campaign_run(uri: str, experiment: str, name: str) -> str:
     """The latest parent run of the campaign called ``name``."""
     runs = find_runs(uri, experiment, keys.tag_filter(keys.KIND, "campaign") + " and "
-                     + keys.tag_filter(keys.CAMPAIGN, name), max_results=1)
+                     + keys.tag_filter(keys.CAMPAIGN, name), limit=1)
     if not runs:
         raise ValueError(f"no campaign named {name!r} in experiment {experiment!r} at {uri}")
     return runs[0].info.run_id

@@ -25,10 +25,12 @@ def tracking_uri(cfg: TrackingConfig, root: str) -> str:
     return cfg.uri or f"sqlite:///{os.path.join(root, 'mlflow.db')}"
 
 
-def configure(cfg: TrackingConfig, root: str) -> str:
-    """Set MLflow's HTTP retry/timeouts (a down server otherwise blocks ~4 min per call) and the URI."""
+def configure(cfg: TrackingConfig, root: str, timeout_s: int | None = None) -> str:
+    """Set MLflow's HTTP retry/timeouts (a down server otherwise blocks ~4 min per call) and the URI. MLflow reads its
+    timeout from ``MLFLOW_HTTP_REQUEST_TIMEOUT`` at each request: ``timeout_s``, else the job's
+    ``tracking.http_timeout_s`` (the read side passes ``tracking.analysis_timeout_s``: ``query.configure_reads``)."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s if timeout_s is None else timeout_s)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     import logging
 
