@@ -9,26 +9,50 @@ from proxy_exp.tracking import keys, query
 PROXY_KEYS = [keys.proxy_key(s, w) for s in STATISTICS for w in WEIGHTINGS]
 
 
+def in_loop_steps(uri: str, run_id: str, wanted: list[str]) -> tuple[pd.DataFrame, int]:
+    """One run's step history of the metric keys ``wanted``: a frame indexed by step with one column per key it holds
+    (the value last logged at that step), and the run's planned last step as its artifact says it (0: not said).
+
+    Read from the run's :data:`keys.IN_LOOP_HISTORY` artifact (one download: a proxy-exp training run with in-loop
+    metrics); a key that the artifact lacks (a run logged before it existed, a team's run, a step scored into the run
+    afterwards by ``proxy-score tracking.run_id=...``) from its metric history."""
+    table = query.parquet_artifact(uri, run_id, keys.IN_LOOP_HISTORY)
+    tidy = pd.DataFrame(columns=list(keys.HISTORY_COLUMNS))
+    last = 0
+    if table is not None:
+        last = int((table.schema.metadata or {}).get(keys.HISTORY_TOTAL_STEPS.encode(), 0))
+        tidy = table.to_pandas()
+        tidy = tidy[tidy["key"].isin(wanted)]
+    held = set(tidy["key"])
+    read = [(step, key, value) for key in wanted if key not in held for step, value in query.metric_history(uri, run_id, key)]
+    if read:
+        tidy = pd.concat([tidy, pd.DataFrame(read, columns=list(keys.HISTORY_COLUMNS))], ignore_index=True)
+    wide = (tidy.astype({"step": int, "value": float}).drop_duplicates(["step", "key"], keep="last")
+            .pivot(index="step", columns="key", values="value"))
+    wide.columns.name = None
+    return wide, last
+
+
 def checkpoint_frame(uri: str, frame: pd.DataFrame) -> pd.DataFrame | None:
     """In-loop proxies of a campaign's proxy training runs (``campaign.in_loop_score_every``), one row per run and
     step: corpus, size, seed, step, fraction (of the run's last step) and the 80 ``proxy/<s>/<w>`` values; None
-    when no proxy training run logged them. ``frame`` is :func:`analysis.runs.campaign_frame`'s output."""
+    when no proxy training run logged them. ``frame`` is :func:`analysis.runs.campaign_frame`'s output. One artifact
+    download per run (:func:`in_loop_steps`)."""
     trains = frame[(frame["kind"] == "train") & (frame["role"] == "proxy")]
     if trains.empty or PROXY_KEYS[0] not in trains.columns:
         return None
     out = []
-    for r in trains[trains[PROXY_KEYS[0]].notna()].itertuples():
-        last = max((step for step, _ in query.metric_history(uri, r.run_id, keys.TRAIN_LOSS)), default=0)
-        if not last:
+    for r in trains[trains[PROXY_KEYS[0]].notna()].to_dict("records"):
+        wide, last = in_loop_steps(uri, r["run_id"], [k for k in PROXY_KEYS if k in r and pd.notna(r[k])])
+        last = last or max((step for step, _ in query.metric_history(uri, r["run_id"], keys.TRAIN_LOSS)), default=0)
+        if not last or wide.empty:
             continue
-        per_step: dict[int, dict] = {}
-        for key in PROXY_KEYS:
-            for step, value in query.metric_history(uri, r.run_id, key):
-                per_step.setdefault(step, {})[key] = value
-        for step, vals in per_step.items():
-            out.append({"corpus": r.corpus, "size": r.size, "seed": r.seed, "step": step, "fraction": step / last,
-                        **vals})
-    return pd.DataFrame(out) if out else None
+        out.append(wide.reset_index().assign(corpus=r["corpus"], size=r["size"], seed=r["seed"],
+                                             fraction=lambda d: d["step"] / last))
+    if not out:
+        return None
+    both = pd.concat(out, ignore_index=True)
+    return both[["corpus", "size", "seed", "step", "fraction", *[k for k in PROXY_KEYS if k in both.columns]]]
 
 
 def _series(uri: str, run_id: str, key: str, column: str) -> pd.DataFrame:
@@ -89,10 +113,8 @@ def train_history(uri: str, run_id: str, columns: dict[str, str]) -> pd.DataFram
                          f"that log {sorted(columns.values())}; check analysis.primary_proxy / "
                          "analysis.accuracy_metric and how the checkpoints were scored (in_loop settings, or "
                          "proxy-score step=N)")
-    frames = []
-    for column, key in columns.items():
-        frames.append(_series(uri, run_id, key, column).set_index("step"))
-    hist = pd.concat(frames, axis=1, join="inner").reset_index()
+    wide, _ = in_loop_steps(uri, run_id, list(columns.values()))
+    hist = wide.reindex(columns=list(columns.values())).set_axis(list(columns), axis=1).dropna().reset_index()
     if keys.TRAIN_LOSS in have:
         hist = hist.merge(_series(uri, run_id, keys.TRAIN_LOSS, "train_loss"), on="step", how="left")
     return hist.sort_values("step").reset_index(drop=True)

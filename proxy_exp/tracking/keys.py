@@ -152,6 +152,15 @@ def analysis_key(family: str, *parts: str) -> str:
     return "/".join([family, *(metric_name(p) for p in parts)])
 
 
+# ----------------------------------------------------------------------------------------------- artifacts
+# train runs with in-loop metrics: all of them in one tidy table (one row per step and metric key), so that analysis
+# reads a run's checkpoints in one download instead of one metric history per key; its schema metadata holds the
+# run's planned number of steps (a checkpoint's fraction of training)
+IN_LOOP_HISTORY = "in_loop/history.parquet"
+HISTORY_COLUMNS: tuple[str, ...] = ("step", "key", "value")
+HISTORY_TOTAL_STEPS = "proxy_exp.total_steps"
+
+
 # -------------------------------------------------------------------------------------------------- params
 PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
 

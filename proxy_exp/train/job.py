@@ -49,8 +49,10 @@ class TrainResult:
 
 
 def default_unit_id(cfg: TrainJobConfig) -> str:
-    return cfg.unit_id or units.train_unit_id(cfg.model, cfg.tokenizer, cfg.tokenizer_corpora, cfg.corpus,
-                                              cfg.pretrain, cfg.seed)
+    if cfg.unit_id:
+        return cfg.unit_id
+    with units.input_memo(os.path.join(resolve_root(cfg.paths), "cache")):
+        return units.train_unit_id(cfg.model, cfg.tokenizer, cfg.tokenizer_corpora, cfg.corpus, cfg.pretrain, cfg.seed)
 
 
 def _prepare_data(cfg: TrainJobConfig, env: DistEnv, cache: str, progress: bool):
@@ -169,7 +171,8 @@ def _train(cfg: TrainJobConfig, progress: bool, root: str, unit_id: str) -> Trai
     run = _open_run(cfg, root, udir, unit_id, start_step > 0, counts, plan, env, dplan, packed) if env.is_main else None
     if run is not None:
         run.log_metrics(_data_metrics(packed), step=0)
-    in_loop = InLoopMetrics(cfg, tokenizer, cache, plan.steps) if env.is_main and InLoopMetrics.wanted(cfg) else None
+    in_loop = (InLoopMetrics(cfg, tokenizer, cache, plan.steps, os.path.join(udir, keys.IN_LOOP_HISTORY), start_step)
+               if env.is_main and InLoopMetrics.wanted(cfg) else None)
     fpt = train_flops_per_token(counts.non_embedding, cfg.model.n_layers, cfg.model.d_model, p.seq_len)
     outcome = run_steps(engine, scheduler, packed, plan, cfg, env, device, start_step, ckpt_root, fpt, run, in_loop,
                         progress)
@@ -202,6 +205,8 @@ def _train(cfg: TrainJobConfig, progress: bool, root: str, unit_id: str) -> Trai
             run.log_metrics({keys.TRAIN_FINAL_LOSS: outcome.last_loss, keys.TRAIN_SECONDS: result.seconds,
                              **param_record(counts)}, step=outcome.stop_at)
             run.set_tags({keys.tag(keys.MODEL_DIR): model_dir})
+            if in_loop is not None:
+                in_loop.log_history(run)
             run.end("FINISHED")
             units.write_done(root, unit_id, result)
     if env.world_size > 1:
