@@ -18,7 +18,9 @@ import pandas as pd
 
 from proxy_exp.config import AnalysisConfig, TrackingConfig
 from proxy_exp.files import tmp_name
-from proxy_exp.tracking import Run, configure, keys, query
+from proxy_exp.tracking import Run, keys, query
+
+RUNS_READ = keys.analysis_key("runs_read")  # an analysis run's metric: how many runs it read back from MLflow
 
 
 def write_csv(df: pd.DataFrame, path: str) -> str:
@@ -42,16 +44,17 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     """Decisions of every method against the target ranking; tables, plots and an MLflow analyze run."""
     from analysis.campaign_report import campaign_decisions, truth_direction_from_runs
     from analysis.history import checkpoint_frame
-    from analysis.runs import campaign_frame, load_runs
+    from analysis.runs import campaign_frame, campaign_runs
 
-    uri = configure(tcfg, root)
+    uri = query.configure_reads(tcfg, root)
     plan_path = query.download_artifact(uri, parent_run_id, "plan/units.json")
     if plan_path is None:
         raise ValueError(f"campaign run {parent_run_id} has no plan/units.json artifact: is it a campaign's parent run?")
     with open(plan_path) as f:
         planned = json.load(f)
     ids = {u["id"] for u in planned if u.get("kind", "train") in keys.UNIT_KINDS}  # data units log no runs
-    runs = load_runs(uri, tcfg.experiment)
+    campaign = planned[0].get("campaign", "") if planned else ""
+    runs = campaign_runs(uri, tcfg.experiment, campaign, ids)
     frame = campaign_frame(runs, unit_ids=ids)
     missing = ids - set(frame["unit_id"]) if "unit_id" in frame else ids
     if missing:
@@ -81,9 +84,9 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
         files["frontier_png"] = plot_frontier(report.methods, report.frontier, os.path.join(out, "frontier.png"),
                                               title="compute vs decision accuracy")
         files["ranking_png"] = plot_ranking(report.table, os.path.join(out, "ranking.png"))
-    campaign = planned[0].get("campaign", "") if planned else ""
     metrics = {keys.analysis_key("decision_accuracy", row["method"]): float(row["decision_accuracy"])
                for _, row in report.methods.iterrows()}
+    metrics[RUNS_READ] = len(runs)
     _log_analysis(tcfg, root, "analysis", f"analyze-{parent_run_id[:12]}", campaign, metrics, out, parent_run_id)
     Run(tcfg, root, "campaign", run_id=parent_run_id, reopen=False).log_artifacts(out, "analysis")
     report.files = files  # type: ignore[attr-defined]
@@ -119,7 +122,7 @@ def analyze_model_selection(tcfg: TrackingConfig, root: str, out_dir: str, acfg:
     from analysis.population import model_selection_report, per_model_table, population_from_runs
     from analysis.runs import load_runs
 
-    uri = configure(tcfg, root)
+    uri = query.configure_reads(tcfg, root)
     runs = load_runs(uri, tcfg.experiment, acfg.filter)
     pop = population_from_runs(runs, acfg.truth_metric, acfg.task_map, acfg.truth_csv or None, acfg.traces,
                                acfg.evaluate_limit, list(acfg.trace_tasks))
@@ -178,7 +181,7 @@ def analyze_forecast(tcfg: TrackingConfig, root: str, out_dir: str, acfg: Analys
     if acfg.primary_proxy == acfg.ce_proxy:
         raise ValueError(f"analysis.primary_proxy and analysis.ce_proxy are both {acfg.primary_proxy!r}: the forecast "
                          "compares a proxy with cross-entropy; set analysis.primary_proxy to another proxy")
-    uri = configure(tcfg, root)
+    uri = query.configure_reads(tcfg, root)
     columns = {str(acfg.primary_proxy): keys.PROXY + "/" + acfg.primary_proxy,
                str(acfg.ce_proxy): keys.PROXY + "/" + acfg.ce_proxy, "accuracy": acfg.accuracy_metric}
     run_id = acfg.train_run_id or latest_run_with(uri, tcfg.experiment, list(columns.values()))

@@ -1,9 +1,10 @@
 """A campaign's runs read back from MLflow into pandas (the tag and metric names are
 :mod:`proxy_exp.tracking.keys`'s).
 
-:func:`load_runs` gives every run of an experiment as ``mlflow.search_runs`` does (one row per run, columns
-``metrics.*``, ``params.*``, ``tags.*``); :func:`campaign_frame` turns that into a tidy frame of a campaign's unit
-runs, one row per (kind, corpus, size, role, seed), after checking its invariants.
+:func:`load_runs` gives the runs of an experiment (optionally filtered) as ``mlflow.search_runs`` does (one row per run,
+columns ``metrics.*``, ``params.*``, ``tags.*``), :func:`campaign_runs` one campaign's runs only; :func:`campaign_frame`
+turns them into a tidy frame of a campaign's unit runs, one row per (kind, corpus, size, role, seed), after checking
+its invariants.
 """
 from __future__ import annotations
 
@@ -26,6 +27,21 @@ def load_runs(tracking_uri: str, experiment: str, filter_string: str = "") -> pd
     """All active runs of ``experiment`` (:func:`proxy_exp.tracking.query.runs_frame`); ``filter_string`` is
     MLflow's search filter, e.g. ``"tags.`proxy_exp.campaign` = 'mini'"``."""
     return query.runs_frame(tracking_uri, experiment, filter_string)
+
+
+def campaign_runs(tracking_uri: str, experiment: str, campaign: str, unit_ids: Iterable[str] = (),
+                  page_size: int = query.PAGE_SIZE) -> pd.DataFrame:
+    """The runs of one campaign (as :func:`load_runs` gives them), never the whole experiment: those tagged
+    ``proxy_exp.campaign = <campaign>``, plus, for each of ``unit_ids`` without a FINISHED run among them, the runs of
+    that unit (a unit that two campaigns share runs once, tagged with the campaign that ran it first)."""
+    runs = query.runs_frame(tracking_uri, experiment, keys.tag_filter(keys.CAMPAIGN, campaign), page_size)
+    unit = TAG + keys.UNIT_ID
+    done = set(runs.loc[runs["status"] == "FINISHED", unit].dropna()) if unit in runs.columns else set()
+    elsewhere = sorted(set(unit_ids) - done)
+    if not elsewhere:
+        return runs
+    shared = query.runs_frame(tracking_uri, experiment, [keys.tag_filter(keys.UNIT_ID, u) for u in elsewhere], page_size)
+    return pd.concat([runs, shared], ignore_index=True).drop_duplicates("run_id", ignore_index=True)
 
 
 def _seed_values(seeds: pd.Series) -> pd.Series:
