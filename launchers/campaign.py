@@ -9,7 +9,6 @@ every unit; with ``executor=slurm*`` the run submits and returns at once, and ``
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ from launchers.app import CONF_DIR, run_app, to_job
 from launchers.plan import plan_campaign
 from proxy_exp import units
 from proxy_exp.config import CampaignAction, CampaignJobConfig, ExecutorKind, resolve_root
+from proxy_exp.files import tmp_name, write_json
 from proxy_exp.tracking import Run, ensure_experiment, keys, tracking_uri
 from proxy_exp.units import Unit
 
@@ -31,6 +31,10 @@ def campaign_key(plan: list[Unit]) -> str:
 
 def campaign_dir(cfg: CampaignJobConfig, plan: list[Unit]) -> str:
     return os.path.join(resolve_root(cfg.paths), "campaigns", f"{cfg.campaign.name}-{campaign_key(plan)}")
+
+
+def _cache(cfg: CampaignJobConfig) -> str:
+    return os.path.join(resolve_root(cfg.paths), "cache")
 
 
 def done_units(cfg: CampaignJobConfig, plan: list[Unit]) -> set[str]:
@@ -61,7 +65,7 @@ def data_plan(cfg: CampaignJobConfig, plan: list[Unit], vocab: int) -> tuple[lis
     from proxy_exp.data.mixture import SharePlanner, repeat_problems
     from proxy_exp.train.plan import plan_training
 
-    cache = os.path.join(resolve_root(cfg.paths), "cache")
+    cache = _cache(cfg)
     budgets: dict[tuple[str, str], tuple[int, int]] = {}
     corpora: dict[str, object] = {}
     for u in plan:
@@ -167,52 +171,64 @@ def check_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     Tokenization is the tokenize units' work: the driver reads no corpus."""
     from proxy_exp.data.tokenizer import planned_vocab_size
 
-    with units.input_memo():
+    with units.input_memo(_cache(cfg)):
         _, problems = data_plan(cfg, plan, planned_vocab_size(cfg.tokenizer)[0])
     check_repeats(cfg, problems)
 
 
 def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> Run:
-    os.makedirs(cdir, exist_ok=True)
+    """The campaign's one parent MLflow run: the one named in ``<campaign dir>/parent_run_id``, else a new one. Read
+    and created under the campaign lock, so drivers started together share one run."""
+    from launchers.state import campaign_lock
+
     root = resolve_root(cfg.paths)
     id_file = os.path.join(cdir, "parent_run_id")
-    prev = open(id_file).read().strip() if os.path.exists(id_file) else ""
     tags = keys.unit_tags("campaign", f"campaign-{campaign_key(plan)}", cfg.campaign.name)
-    run = Run(cfg.tracking, root, f"campaign {cfg.campaign.name}", tags, run_id=prev)
-    with open(id_file, "w") as f:
-        f.write(run.run_id)
-    plan_file = os.path.join(cdir, "units.json")
-    with open(plan_file, "w") as f:
-        json.dump([{"id": u.id, "campaign": cfg.campaign.name, "kind": u.kind, "role": u.role, "corpus": u.corpus, "size": u.size, "seed": u.seed,
-                    "depends_on": u.depends_on} for u in plan], f, indent=2)
-    run.log_params({"campaign.name": cfg.campaign.name, "campaign.corpora": ",".join(cfg.campaign.corpora),
-                    "campaign.proxy_sizes": ",".join(cfg.campaign.proxy_sizes),
-                    "campaign.target_size": cfg.campaign.target_size, "campaign.seeds": list(cfg.campaign.seeds),
-                    "units": len(plan)} | keys.flat_params(cfg.traces, "traces")
-                   | keys.flat_params(cfg.evaluate, "evaluate") | keys.flat_params(cfg.pretrain, "pretrain"))
-    run.log_artifact(plan_file, "plan")
+    with campaign_lock(cdir):
+        prev = open(id_file).read().strip() if os.path.exists(id_file) else ""
+        run = Run(cfg.tracking, root, f"campaign {cfg.campaign.name}", tags, run_id=prev)
+        if run.run_id != prev:
+            tmp = tmp_name(id_file)
+            with open(tmp, "w") as f:
+                f.write(run.run_id)
+            os.replace(tmp, id_file)
+        plan_file = os.path.join(cdir, "units.json")
+        write_json(plan_file, [{"id": u.id, "campaign": cfg.campaign.name, "kind": u.kind, "role": u.role,
+                                "corpus": u.corpus, "size": u.size, "seed": u.seed, "depends_on": u.depends_on}
+                               for u in plan])
+        run.log_params({"campaign.name": cfg.campaign.name, "campaign.corpora": ",".join(cfg.campaign.corpora),
+                        "campaign.proxy_sizes": ",".join(cfg.campaign.proxy_sizes),
+                        "campaign.target_size": cfg.campaign.target_size, "campaign.seeds": list(cfg.campaign.seeds),
+                        "units": len(plan)} | keys.flat_params(cfg.traces, "traces")
+                       | keys.flat_params(cfg.evaluate, "evaluate") | keys.flat_params(cfg.pretrain, "pretrain"))
+        run.log_artifact(plan_file, "plan")
     return run
 
 
 def submit_campaign(cfg: CampaignJobConfig, plan: list[Unit] | None = None) -> dict[str, dict]:
-    """Slurm: submit every unit that is missing, failed or cancelled, and return at once with the job ids."""
-    from launchers.state import load_jobs, needs_submission, save_jobs, unit_states
+    """Slurm: submit every unit that is missing, failed or cancelled, and return at once with the job ids. Reading
+    the states, submitting and recording the jobs run under the campaign lock: a driver started beside another
+    submits nothing the other one has submitted (it sees those units pending), and the job record keeps both
+    drivers' jobs."""
+    from launchers.state import campaign_lock, lane_load, load_jobs, needs_submission, save_jobs, unit_states
     from launchers.submit import submit_slurm
 
     plan = plan_campaign(cfg) if plan is None else plan
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
     ensure_experiment(cfg.tracking, root)
-    states = unit_states(plan, root, cdir)
-    to_submit = {s.unit.id for s in states if needs_submission(s)}
-    running = {s.unit.id: s.job_id for s in states if s.state in ("pending", "running", "preempted")}
-    parent = _parent_run(cfg, plan, cdir)
-    for u in plan:
-        u.config.parent_run_id = parent.run_id
     check_data(cfg, plan)
-    folder = os.path.join(cdir, "submitit", time.strftime("%Y%m%d-%H%M%S"), "%j")
-    records = submit_slurm(plan, to_submit, running, cfg.executor, folder)
-    save_jobs(cdir, load_jobs(cdir) | records)
+    with campaign_lock(cdir):
+        states = unit_states(plan, root, cdir)
+        to_submit = {s.unit.id for s in states if needs_submission(s)}
+        running = {s.unit.id: s.job_id for s in states if s.state in ("pending", "running", "preempted")}
+        parent = _parent_run(cfg, plan, cdir)
+        for u in plan:
+            u.config.parent_run_id = parent.run_id
+        folder = os.path.join(cdir, "submitit", time.strftime("%Y%m%d-%H%M%S"), "%j")
+        records = submit_slurm(plan, to_submit, running, cfg.executor, folder, lane_prefix=f"proxy-{os.path.basename(cdir)}",
+                               lane_load=lane_load(states, load_jobs(cdir)))
+        save_jobs(cdir, records)
     n_done = sum(s.state == "done" for s in states)
     print(f"campaign {cfg.campaign.name}: submitted {len(records)} unit(s) to Slurm; {n_done} done, "
           f"{len(running)} already pending or running")
@@ -297,7 +313,7 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit]
 
 def _main(cfg: DictConfig) -> int:
     job = to_job(cfg, CampaignJobConfig)
-    with units.input_memo():  # the plan and what it prints list and stat each input file once
+    with units.input_memo(_cache(job)):  # the plan and what it prints list and stat each input file once
         plan = plan_campaign(job)
         if job.dry_run or job.action == CampaignAction.plan:
             print_plan(job, plan)

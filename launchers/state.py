@@ -5,18 +5,27 @@ submitted to Slurm, the campaign keeps a record (``slurm_jobs.json``: unit -> jo
 asks Slurm's accounting (one ``sacct`` call for all jobs) for the rest: a job sacct has no record of (and squeue does
 not know) has vanished and is resubmitted; when sacct itself fails, the units say ``unknown`` with the reason and are
 not resubmitted blindly. A failed unit shows why (its FAILED.json, else the Slurm state).
+
+Several drivers may work on one campaign at once: the section that reads the states, submits and records the jobs
+runs under :func:`campaign_lock`, and :func:`save_jobs` merges into what is on disk under that lock, so the record
+names the job that runs each unit, whichever driver submitted it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from dataclasses import dataclass
+from typing import Iterator
 
 from proxy_exp import units
 from proxy_exp.files import write_json
 from proxy_exp.units import Unit
 
 JOBS_FILE = "slurm_jobs.json"
+LOCK_FILE = ".campaign.lock"
+_LOCKS: dict[str, object] = {}  # lock path -> its FileLock (one object per path: re-entrant within this process)
 
 # Slurm job states -> the campaign's words
 _STATE = {
@@ -51,9 +60,48 @@ def load_jobs(campaign_dir: str) -> dict[str, dict]:
         return json.load(f)
 
 
-def save_jobs(campaign_dir: str, jobs: dict[str, dict]) -> None:
+@contextlib.contextmanager
+def campaign_lock(campaign_dir: str) -> Iterator[None]:
+    """Hold the campaign's lock (``.campaign.lock`` in its folder; fcntl locks, on the shared filesystem where the
+    campaign lives): one driver at a time reads the states, submits and records jobs, or creates the parent run.
+    Re-entrant within a process; a driver that has to wait says so."""
+    from filelock import FileLock, Timeout
+
     os.makedirs(campaign_dir, exist_ok=True)
-    write_json(os.path.join(campaign_dir, JOBS_FILE), jobs)
+    path = os.path.abspath(os.path.join(campaign_dir, LOCK_FILE))
+    lock = _LOCKS.setdefault(path, FileLock(path))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        print(f"[proxy-exp] another driver is submitting this campaign ({path}): waiting for it", file=sys.stderr,
+              flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def save_jobs(campaign_dir: str, jobs: dict[str, dict]) -> dict[str, dict]:
+    """Merge ``jobs`` (unit id -> job record) into the campaign's record on disk, under :func:`campaign_lock`: the
+    records of units not in ``jobs`` (another driver's) are kept, a unit's new record replaces its old one. Returns
+    the merged record."""
+    with campaign_lock(campaign_dir):
+        merged = load_jobs(campaign_dir) | jobs
+        write_json(os.path.join(campaign_dir, JOBS_FILE), merged)
+    return merged
+
+
+def lane_load(states: list["UnitState"], jobs: dict[str, dict]) -> dict[int, int]:
+    """Lane -> how many of the campaign's jobs in it are pending, running or preempted (each job once, however many
+    units it runs): new jobs go to the least loaded lanes (launchers/submit.py)."""
+    active = {jobs[s.unit.id]["job_id"]: jobs[s.unit.id].get("lane") for s in states
+              if s.state in ("pending", "running", "preempted") and s.unit.id in jobs}
+    load: dict[int, int] = {}
+    for lane in active.values():
+        if isinstance(lane, int):
+            load[lane] = load.get(lane, 0) + 1
+    return load
 
 
 def _expand(job_field: str) -> list[str]:

@@ -1,9 +1,12 @@
 """Submit: run a campaign's units through submitit (local executor or Slurm) or inline, respecting dependencies
 (data units -- bpe, tokenize -- before the training units that read their shards).
 
-At most ``executor.max_parallel`` units run at once (submitit's local executor itself starts everything at
-once); a unit starts when the units it depends on are done. A failed unit is reported and its dependants are
-skipped; the others go on.
+At most ``executor.max_parallel`` jobs of a campaign run at once, whatever their kind (bpe, tokenize, train, score,
+evaluate; a job runs one unit, or up to ``executor.units_per_job`` small training units): the local executor starts a
+job only while fewer are running (submitit's own local executor would start everything at once); on Slurm each job
+goes to one of max_parallel lanes that Slurm runs one job at a time (:func:`submit_slurm`). A unit starts when the
+units it depends on are done. A failed unit is reported and its dependants are skipped (Slurm: cancelled); the
+others go on.
 """
 from __future__ import annotations
 
@@ -255,43 +258,79 @@ def _executor_for(executors: dict, ex: ExecutorConfig, folder: str, u: Unit) -> 
 
 
 def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, str], ex: ExecutorConfig,
-                 folder: str) -> dict[str, dict]:
+                 folder: str, lane_prefix: str = "proxy", lane_load: dict[int, int] | None = None) -> dict[str, dict]:
     """Submit units to Slurm and return at once: the bpe unit as a job, tokenize units as job arrays (one task
     per group of input files, ``tokenize.threads`` CPUs each) after it, training units as job arrays (one per
     resource shape and corpus, split above MaxArraySize) after their tokenize tasks, each score / evaluate unit as
     a job that starts after its training unit succeeds (``afterok`` throughout; ``kill-on-invalid-dep`` cancels a
-    job whose dependency failed). ``running_jobs`` maps units already
-    pending or running to their job ids, so new dependants wait for them. Returns unit id -> job record."""
+    job whose dependency failed). ``running_jobs`` maps units already pending or running to their job ids, so new
+    dependants wait for them.
+
+    At most ``executor.max_parallel`` of these jobs (array tasks count one each) run at once, whatever their kind:
+    every job goes to one of max_parallel lanes, the least loaded one (``lane_load``: the campaign's pending and
+    running jobs per lane, from earlier submissions), named ``<lane_prefix>-lane<i>`` with ``--dependency=singleton``,
+    so Slurm starts a job of a lane only once the lane's earlier jobs have ended; an array's tasks are split into one
+    array per lane, run one task at a time (``%1``). Returns unit id -> job record (with its lane)."""
     import submitit
 
     records: dict[str, dict] = {}
     job_of = dict(running_jobs)
     chosen = [u for u in plan if u.id in to_submit]
+    lanes = max(1, ex.max_parallel)
+    load = {i: (lane_load or {}).get(i, 0) for i in range(lanes)}
 
-    def record(u: Unit, job) -> None:
+    def take_lane() -> int:
+        lane = min(load, key=lambda i: (load[i], i))
+        load[lane] += 1
+        return lane
+
+    def record(u: Unit, job, lane: int) -> None:
         job_of[u.id] = job.job_id
         records[u.id] = {"job_id": job.job_id, "kind": u.kind, "folder": folder, "stdout": str(job.paths.stdout),
-                         "stderr": str(job.paths.stderr), "submitted": time.time()}
+                         "stderr": str(job.paths.stderr), "submitted": time.time(), "lane": lane}
 
     # The driver may itself run inside an allocation or a torch.distributed process: strip both.
     with submitit.helpers.clean_env(extra_names=("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
         executors: dict[str, Any] = {}
 
         def after(deps: list[str], kind: str, role: str = "") -> dict[str, Any]:
-            """The kind's extra sbatch parameters, plus afterok on the jobs of ``deps`` that are pending or running."""
+            """The kind's extra sbatch parameters, plus afterok on the jobs of ``deps`` that are pending or running,
+            plus singleton (the lane)."""
             extra = dict(kind_resources(ex, kind, role)["additional_parameters"])
             jobs = list(dict.fromkeys(job_of[d] for d in deps if d in job_of))
+            conditions = [str(extra["dependency"])] if extra.get("dependency") else []
             if jobs:
-                extra.update({"dependency": "afterok:" + ":".join(jobs), "kill_on_invalid_dep": "yes"})
+                conditions.append("afterok:" + ":".join(jobs))
+                extra["kill_on_invalid_dep"] = "yes"
+            extra["dependency"] = ",".join(conditions + ["singleton"])
             return extra
 
         def submit_one(u: Unit) -> None:
             executor = _executor_for(executors, ex, folder, u)
-            executor.update_parameters(name=f"proxy-{u.kind}",
+            lane = take_lane()
+            executor.update_parameters(name=f"{lane_prefix}-lane{lane}",
                                        slurm_additional_parameters=after(u.depends_on, u.kind, u.role))
-            record(u, executor.submit(run_unit, u.kind, u.config))
+            record(u, executor.submit(run_unit, u.kind, u.config), lane)
 
         limit = max_array_size()
+
+        def submit_arrays(executor, kind: str, bundles: list[list[Unit]]) -> None:
+            """One array per lane (its tasks one at a time), split above MaxArraySize; a bundle of several units
+            runs as one task (:func:`run_unit_group`)."""
+            by_lane: dict[int, list[list[Unit]]] = {}
+            for b in bundles:
+                by_lane.setdefault(take_lane(), []).append(b)
+            for lane, bs in by_lane.items():
+                executor.update_parameters(name=f"{lane_prefix}-lane{lane}", slurm_array_parallelism=1)
+                for i in range(0, len(bs), limit):
+                    chunk = bs[i:i + limit]
+                    with executor.batch():
+                        jobs = [executor.submit(run_unit, kind, b[0].config) if len(b) == 1 else
+                                executor.submit(run_unit_group, kind, [u.config for u in b]) for b in chunk]
+                    for b, job in zip(chunk, jobs):
+                        for u in b:
+                            record(u, job, lane)
+
         for u in chosen:  # the campaign's BPE: one job, before the tokenize units that use it
             if u.kind == "bpe":
                 submit_one(u)
@@ -304,15 +343,9 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
                 tgroups.setdefault(key, []).append(u)
         for (_, threads), us in tgroups.items():
             executor = make_executor(ex, folder, "tokenize")
-            executor.update_parameters(name="proxy-tokenize", slurm_array_parallelism=max(1, ex.max_parallel),
-                                       cpus_per_task=max(int(threads), kind_resources(ex, "tokenize")["cpus_per_task"]),
+            executor.update_parameters(cpus_per_task=max(int(threads), kind_resources(ex, "tokenize")["cpus_per_task"]),
                                        slurm_additional_parameters=after(us[0].depends_on, "tokenize"))
-            for i in range(0, len(us), limit):
-                chunk = us[i:i + limit]
-                with executor.batch():
-                    jobs = [executor.submit(run_unit, "tokenize", u.config) for u in chunk]
-                for u, job in zip(chunk, jobs):
-                    record(u, job)
+            submit_arrays(executor, "tokenize", [[u] for u in us])
         # training units: one job array per resource shape and set of dependencies (the tokenize tasks of a corpus)
         groups: dict[tuple, list[Unit]] = {}
         for u in chosen:
@@ -321,19 +354,10 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
                 groups.setdefault((tuple(sorted(_train_resources(u, ex).items())), deps, u.role), []).append(u)
         for (shape, _, role), us in groups.items():
             executor = make_executor(ex, folder, "train", role)
-            executor.update_parameters(name="proxy-train", slurm_array_parallelism=max(1, ex.max_parallel),
-                                       slurm_additional_parameters=after(us[0].depends_on, "train", role),
+            executor.update_parameters(slurm_additional_parameters=after(us[0].depends_on, "train", role),
                                        **dict(shape))
             per_job = max(1, ex.units_per_job) if all(groupable(u, ex) for u in us) else 1
-            bundles = [us[i:i + per_job] for i in range(0, len(us), per_job)]
-            for i in range(0, len(bundles), limit):
-                chunk = bundles[i:i + limit]
-                with executor.batch():
-                    jobs = [executor.submit(run_unit, "train", b[0].config) if len(b) == 1 else
-                            executor.submit(run_unit_group, "train", [u.config for u in b]) for b in chunk]
-                for b, job in zip(chunk, jobs):
-                    for u in b:
-                        record(u, job)
+            submit_arrays(executor, "train", [us[i:i + per_job] for i in range(0, len(us), per_job)])
         for u in chosen:  # score / evaluate: a job each, after its training unit
             if u.kind not in ("bpe", "tokenize", "train"):
                 submit_one(u)

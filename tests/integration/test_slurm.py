@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import run_cli, tiny_train_cfg, wait_for
+from tests.helpers import SLURM_CAMPAIGN, run_cli, tiny_train_cfg, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ENV = {"GLOO_SOCKET_IFNAME": "lo"}
@@ -45,9 +45,7 @@ def test_hydra_multirun_through_submitit_slurm(slurm_cluster, tmp_path):
     assert glob.glob(f"{tmp_path}/hydra/multirun/*/*/.submitit/*/*_result.pkl")  # results came back via Slurm
 
 
-CAMPAIGN = ["campaign=tiny", "executor=slurm_local", "tokenizer.vocab_size=512",
-            "tokenizer.sample_bytes_per_corpus=100000", "traces.per_task=2", "traces.tasks=[gsm8k,humaneval]",
-            "evaluate.tasks=[piqa]", "evaluate.limit=4", "pretrain.max_tokens=10240", "tracking.experiment=slurm-c"]
+CAMPAIGN = SLURM_CAMPAIGN + ["tracking.experiment=slurm-c"]
 CAMPAIGN += [f"campaign.corpora.{c}.max_bytes=200000" for c in ("python_code", "shakespeare", "wikipedia")]
 
 

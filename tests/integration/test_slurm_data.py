@@ -31,7 +31,8 @@ def test_tokenize_array_then_training_after_it(slurm_cluster, tmp_path):
         "campaign=tiny", "executor=slurm_local", f"paths.root={tmp_path / 'root'}", "tokenizer.vocab_size=512",
         "tokenizer.sample_bytes_per_corpus=50000", "pretrain.max_tokens=4096", "pretrain.seq_len=64",
         "pretrain.global_batch=8", "pretrain.micro_batch=8", "tracking.experiment=slurm-data",
-        "tokenize.max_tasks=2", "tokenize.threads=2"]), CampaignJobConfig)
+        "tokenize.max_tasks=2", "tokenize.threads=2",
+        "executor.max_parallel=1"]), CampaignJobConfig)  # one lane: the two tokenize tasks stay one array
     job.campaign.corpora = {
         "wiki_jsonl": CorpusConfig(name="wiki_jsonl", source="jsonl", paths=[str(tmp_path / "wiki")]),
         "plays": CorpusConfig(name="plays", source="shakespeare", max_bytes=100_000)}

@@ -58,7 +58,8 @@ def test_units_share_a_local_job_run_concurrently_and_fail_alone(tmp_path, monke
 
 def test_units_share_a_slurm_array_element(slurm_cluster, tmp_path):
     plan = _units(tmp_path, [0, 1, 2])
-    ex = ExecutorConfig(kind="slurm", partition="debug", timeout_min=30, units_per_job=2, max_parallel=2)
+    # one lane (max_parallel=1): the two jobs stay one array
+    ex = ExecutorConfig(kind="slurm", partition="debug", timeout_min=30, units_per_job=2, max_parallel=1)
     records = submit_slurm(plan, {u.id for u in plan}, {}, ex, str(tmp_path / "submitit"))
     jobs = [records[u.id]["job_id"] for u in plan]
     assert jobs[0] == jobs[1] != jobs[2]  # 2 + 1 units in two elements of one array
