@@ -96,7 +96,7 @@ def data_units(cfg: CampaignJobConfig) -> tuple[list[Unit], dict[str, list[str]]
 
 def plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
     """Every unit of the campaign, dependencies before dependants (each file source's inputs stat-ed once)."""
-    with units.input_memo():
+    with units.input_memo(os.path.join(resolve_root(cfg.paths), "cache")):
         return _plan_campaign(cfg)
 
 

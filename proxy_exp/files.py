@@ -32,3 +32,21 @@ def write_json(path: str, data: Any, indent: int | None = 2) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a file is hashed once per process
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (hex), once per process for a given (path, size, mtime)."""
+    import hashlib
+
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]

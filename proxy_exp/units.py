@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy_exp.config import (CorpusConfig, EvaluateConfig, ModelConfig, PretrainConfig, ScoreConfig,
                               TokenizerConfig, TracesConfig, to_dict)
-from proxy_exp.files import write_json
+from proxy_exp.files import file_sha256, write_json
 
 DONE = "DONE.json"
 # Fields that change how a unit runs, not what it computes.
@@ -82,29 +82,31 @@ _INPUT_MEMO: dict[str, str] | None = None
 
 
 @contextlib.contextmanager
-def input_memo():
+def input_memo(cache_dir: str = ""):
     """Inside: each file source's files are listed and stat-ed once (readers.listing_memo) and its manifest's digest
-    made once (a plan computes the ids of many units over the same corpora); outside, every call looks at the files
-    afresh."""
-    from proxy_exp.data.readers import listing_memo
+    made once (a plan computes the ids of many units over the same corpora), and input files are named through the
+    checksum index of ``cache_dir`` (readers.checksums_at: a touched, copied or moved file is the same input);
+    outside, every call looks at the files afresh."""
+    from proxy_exp.data.readers import checksums_at, listing_memo
 
     global _INPUT_MEMO
     outer, _INPUT_MEMO = _INPUT_MEMO, ({} if _INPUT_MEMO is None else _INPUT_MEMO)
     try:
-        with listing_memo():
+        with listing_memo(), (checksums_at(cache_dir) if cache_dir else contextlib.nullcontext()):
             yield
     finally:
         _INPUT_MEMO = outer
 
 
-def _inputs_digest(src) -> str:
-    """sha256 (16 hex digits) of a file source's input manifest (path, size, mtime of each file; none is read)."""
-    from proxy_exp.data.readers import input_files, manifest, manifest_digest
+def inputs_digest(src) -> str:
+    """sha256 (16 hex digits) of a file source's input manifest, each file named by its identity
+    (readers.identity_manifest: path, size, mtime of each file when first tokenized; no file is read to plan)."""
+    from proxy_exp.data.readers import identity_manifest, input_files, manifest_digest
 
     key = json.dumps([str(src.source), list(src.paths), src.hf_builder, src.hf_split])
     if _INPUT_MEMO is not None and key in _INPUT_MEMO:
         return _INPUT_MEMO[key]
-    digest = manifest_digest(manifest(input_files(src)))
+    digest = manifest_digest(identity_manifest(input_files(src)))
     if _INPUT_MEMO is not None:
         _INPUT_MEMO[key] = digest
     return digest
@@ -118,12 +120,14 @@ def corpus_identity(corpus) -> dict:
 
     out = _result_fields(corpus)
     if is_file_source(corpus):
-        out["inputs"] = _inputs_digest(corpus)
+        out["inputs"] = inputs_digest(corpus)
+        del out["paths"]  # the files are named by their identity: a folder moved (and corpus.paths with it) is the same
     for name, src in (getattr(corpus, "mix", None) or {}).items():
         if not src.weight > 0:  # a source the recipe does not read is not part of its identity
             del out["mix"][name]
         elif is_file_source(src):
-            out["mix"][name]["inputs"] = _inputs_digest(src)
+            out["mix"][name]["inputs"] = inputs_digest(src)
+            del out["mix"][name]["paths"]
     return out
 
 
@@ -147,11 +151,12 @@ def tokenize_unit_id(tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, Co
                      files: list[str]) -> str:
     """A tokenize unit: a tokenizer, a source's reader settings and the manifest of the files it tokenizes (a
     packaged source: its config)."""
-    from proxy_exp.data.readers import manifest
+    from proxy_exp.data.readers import identity_manifest
     from proxy_exp.data.corpora import shard_reader_key
     from proxy_exp.data.shards import SHARD_FORMAT
 
-    inputs = [[e["path"], e["size"], e["mtime_ns"]] for e in manifest(files)] if files else [str(source.source)]
+    inputs = [[e["path"], e["size"], e["mtime_ns"]] for e in identity_manifest(files)] if files else [
+        str(source.source)]
     return stable_id("tokenize", {**tokenizer_identity(tokenizer, tokenizer_corpora), "reader": shard_reader_key(source),
                                   "inputs": inputs, "format": SHARD_FORMAT})
 
@@ -276,21 +281,6 @@ def unit_dir(root: str, unit_id: str) -> str:
 
 
 MANIFEST = "MANIFEST.json"
-_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a file is hashed once per process
-
-
-def file_sha256(path: str) -> str:
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
-
 def manifest(folder: str, skip: tuple[str, ...] = ()) -> dict[str, dict]:
     """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` (names in ``skip`` left out)."""
     out = {}

@@ -45,7 +45,9 @@ def tokenize(cfg: TokenizeJobConfig, progress: bool = True) -> TokenizeResult:
 
     t0 = time.time()
     root = resolve_root(cfg.paths)
-    unit_id = cfg.unit_id or units.tokenize_unit_id(cfg.tokenizer, cfg.tokenizer_corpora, cfg.source, list(cfg.files))
+    with units.input_memo(os.path.join(root, "cache")):
+        unit_id = cfg.unit_id or units.tokenize_unit_id(cfg.tokenizer, cfg.tokenizer_corpora, cfg.source,
+                                                        list(cfg.files))
     done = units.read_done(root, unit_id)
     if done is not None:
         return TokenizeResult(**done)
@@ -54,7 +56,7 @@ def tokenize(cfg: TokenizeJobConfig, progress: bool = True) -> TokenizeResult:
     cache = os.path.join(root, "cache")
     tok_corpora = dict(cfg.tokenizer_corpora) or {cfg.source.name: cfg.source}
     tokenizer, tok_dir = build_tokenizer(cfg.tokenizer, tok_corpora, cache, progress=progress)
-    inputs = source_inputs(cfg.source, list(cfg.files) if is_file_source(cfg.source) else None)
+    inputs = source_inputs(cfg.source, list(cfg.files) if is_file_source(cfg.source) else None, cache)
     metas = tokenize_inputs(cfg.source, inputs, tokenizer, tok_dir, cache, cfg.tokenize, progress=progress)
     seconds = time.time() - t0
     work = sum(m["seconds"] for m in metas) or 1e-9

@@ -201,6 +201,107 @@ def manifest(files: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------------------ content checksums of inputs
+CHECKSUMS_DIR = "inputs"  # under the cache folder: what tokenization learnt of its input files' contents
+_CHECKSUM_CACHE: str | None = None  # inside checksums_at(): the cache folder whose index names inputs
+
+
+@dataclass
+class ChecksumIndex:
+    """What tokenization recorded of its input files: for each (path, size, mtime) it read, the sha256 of the file's
+    bytes and the manifest entry the file was known by then (its *identity*). An input file is named in unit ids and
+    shard keys by :meth:`identity`: a file seen before is known by the entry it had then, and a file whose stat is new
+    (touched, copied, moved) but whose bytes were seen before, under the same path when there is one, by that entry;
+    anything else by its own entry. Only files of a size seen before are read (to checksum them), so a plan over new
+    data reads nothing."""
+
+    by_stat: dict = field(default_factory=dict)  # (path, size, mtime_ns) -> record
+    by_sha: dict = field(default_factory=dict)  # sha256 -> records, in file order
+    sizes: set = field(default_factory=set)
+
+    def add(self, record: dict) -> None:
+        key = (record["path"], record["size"], record["mtime_ns"])
+        if key in self.by_stat:
+            return
+        self.by_stat[key] = record
+        self.by_sha.setdefault(record["sha256"], []).append(record)
+        self.sizes.add(record["size"])
+
+    def identity(self, entry: dict) -> dict:
+        known = self.by_stat.get((entry["path"], entry["size"], entry["mtime_ns"]))
+        if known is not None:
+            return dict(known["identity"])
+        if entry["size"] not in self.sizes:
+            return entry
+        from proxy_exp.files import file_sha256
+
+        seen = self.by_sha.get(file_sha256(entry["path"]), [])
+        same_path = [r for r in seen if r["path"] == entry["path"]]
+        return dict((same_path or seen)[0]["identity"]) if seen else entry
+
+
+_INDEXES: dict[str, tuple[tuple, ChecksumIndex]] = {}
+
+
+def checksum_index(cache_dir: str) -> ChecksumIndex:
+    """The index of ``<cache_dir>/inputs/*.json`` (one file per tokenization), reloaded when a file is added."""
+    folder = os.path.join(cache_dir, CHECKSUMS_DIR)
+    names = tuple(sorted(n for n in os.listdir(folder) if n.endswith(".json"))) if os.path.isdir(folder) else ()
+    cached = _INDEXES.get(folder)
+    if cached is not None and cached[0] == names:
+        return cached[1]
+    index = ChecksumIndex()
+    for name in names:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            for record in json.load(f):
+                index.add(record)
+    _INDEXES[folder] = (names, index)
+    return index
+
+
+def record_checksums(cache_dir: str, records: list[dict]) -> None:
+    """Add ``records`` ({path, size, mtime_ns, sha256, identity}) to the index: one file named by its content, written
+    whole (tokenize tasks on several nodes add theirs at once)."""
+    from proxy_exp.files import write_json
+
+    if not records:
+        return
+    import hashlib
+
+    blob = json.dumps(records, sort_keys=True)
+    folder = os.path.join(cache_dir, CHECKSUMS_DIR)
+    os.makedirs(folder, exist_ok=True)
+    write_json(os.path.join(folder, hashlib.sha256(blob.encode()).hexdigest()[:20] + ".json"), records, indent=None)
+
+
+@contextlib.contextmanager
+def checksums_at(cache_dir: str):
+    """Inside: :func:`identity_manifest` names files through the checksum index of ``cache_dir`` (a plan, a job
+    that computes its own unit id)."""
+    global _CHECKSUM_CACHE
+    outer, _CHECKSUM_CACHE = _CHECKSUM_CACHE, cache_dir
+    try:
+        yield
+    finally:
+        _CHECKSUM_CACHE = outer
+
+
+def identity_manifest(files: list[str], cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """:func:`manifest` of ``files`` named by :func:`identities`: what unit ids and token shards are keyed by."""
+    return identities(manifest(files), cache_dir)
+
+
+def identities(entries: list[dict[str, Any]], cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """Each manifest entry replaced by its identity (:class:`ChecksumIndex`) when a checksum index is in force
+    (``cache_dir``, else the one of :func:`checksums_at`), so that a touched, copied or moved file whose bytes are
+    unchanged is the same input."""
+    cache = cache_dir or _CHECKSUM_CACHE
+    if not cache:
+        return entries
+    index = checksum_index(cache)
+    return [index.identity(e) for e in entries] if index.sizes else entries
+
+
 def manifest_digest(entries: list[dict[str, Any]]) -> str:
     """sha256 (16 hex digits) of a :func:`manifest`: what a file source's inputs are known by."""
     import hashlib

@@ -44,9 +44,10 @@ import numpy as np
 
 from proxy_exp.config import TokenizeConfig
 from proxy_exp.data.corpora import packaged_documents, packaged_files, shard_reader_key
-from proxy_exp.data.readers import Document, input_files, is_file_source, iter_file, manifest, manifest_digest
+from proxy_exp.data.readers import (Document, checksum_index, identities, input_files, is_file_source, iter_file,
+                                    manifest, manifest_digest, record_checksums)
 from proxy_exp.data.tokenizer import tokenizer_fingerprint
-from proxy_exp.files import tmp_dir
+from proxy_exp.files import file_sha256, tmp_dir
 
 SHARD_FORMAT = 1
 TOKENS_FILE, INDEX_FILE, DOCS_FILE, META_FILE = "tokens.ds", "tokens.ds.index", "docs.parquet", "meta.json"
@@ -69,8 +70,10 @@ def id_bound(tokenizer) -> int:
 class ShardInput:
     """One input of a source: a file (``path``), or the whole of a packaged source (``path`` None)."""
 
-    entry: dict  # manifest entry: {path, size, mtime_ns}, or {packaged, files: digest of the package files' stats}
+    entry: dict  # its identity (readers.identities): {path, size, mtime_ns}, or {packaged, files: digest of the
+    # package files' stats}; a file touched, copied or moved since it was tokenized keeps the entry it had then
     path: str | None = None
+    stat: dict | None = None  # the file's manifest entry now (path, size, mtime_ns)
 
     @property
     def label(self) -> str:
@@ -82,12 +85,22 @@ def packaged_entry(src) -> dict:
     return {"packaged": str(src.source), "files": manifest_digest(files), "n_files": len(files)}
 
 
-def source_inputs(src, files: list[str] | None = None) -> list[ShardInput]:
-    """The inputs of source ``src`` in reading order (``files``: a subset of its input files, as a unit has)."""
+def source_inputs(src, files: list[str] | None = None, cache_dir: str | None = None) -> list[ShardInput]:
+    """The inputs of source ``src`` in reading order (``files``: a subset of its input files, as a unit has), each
+    named by its identity in the checksum index of ``cache_dir``."""
     if not is_file_source(src):
         return [ShardInput(packaged_entry(src))]
-    paths = input_files(src) if files is None else list(files)
-    return [ShardInput(e, e["path"]) for e in manifest(paths)]
+    stats = manifest(input_files(src) if files is None else list(files))
+    return [ShardInput(e, s["path"], s) for e, s in zip(identities(stats, cache_dir), stats)]
+
+
+def _record_checksums(cache_dir: str, inputs: list[ShardInput]) -> None:
+    """Tell the checksum index what this tokenization read: each file's bytes' sha256 under its stat now, and the
+    identity its shard is keyed by (files whose stat the index knows already are left out)."""
+    index = checksum_index(cache_dir)
+    new = [i for i in inputs if i.stat is not None and (i.stat["path"], i.stat["size"], i.stat["mtime_ns"])
+           not in index.by_stat]
+    record_checksums(cache_dir, [i.stat | {"sha256": file_sha256(i.path), "identity": i.entry} for i in new])
 
 
 def shard_key(src, inp: ShardInput, tok_fp: str, eos: int) -> str:
@@ -321,6 +334,7 @@ def tokenize_inputs(src, inputs: list[ShardInput], tokenizer, tok_dir: str, cach
               desc=desc or f"tokenize {src.name}") as bar, tokenizer_threads(settings.threads):
         for inp in inputs:
             out.append(write_shard(src, inp, tokenizer, tok_dir, cache_dir, settings, bar=bar))
+    _record_checksums(cache_dir, inputs)
     return out
 
 
@@ -474,7 +488,8 @@ def source_shard_dirs(src, tokenizer, tok_dir: str, cache_dir: str, files: list[
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"the tokenizer in {tok_dir!r} has no eos token; token shards need one between documents")
-    return [(i, shard_path(cache_dir, shard_key(src, i, tok_fp, eos))) for i in (inputs or source_inputs(src, files))]
+    return [(i, shard_path(cache_dir, shard_key(src, i, tok_fp, eos)))
+            for i in (inputs or source_inputs(src, files, cache_dir))]
 
 
 def open_source(src, tokenizer, tok_dir: str, seq_len: int, cache_dir: str, tokenize_missing: bool = True,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from proxy_exp.config import CorpusConfig, TokenizerConfig, TokenizerKind
 from proxy_exp.data.corpora import corpus_sources, packaged_files, read_documents, source_key
 from proxy_exp.data.packages import package_dir
-from proxy_exp.data.readers import input_files, is_file_source, manifest
+from proxy_exp.data.readers import identity_manifest, input_files, is_file_source, manifest
 from proxy_exp.files import tmp_dir
 
 if TYPE_CHECKING:  # transformers loads torch: plans and status import this module and load no tokenizer
@@ -107,17 +107,29 @@ def _publish(tmp: str, final: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def source_manifest(src) -> list[dict]:
-    """The input files of a source with their size and mtime (packaged sources: the package files it reads)."""
-    return manifest(input_files(src) if is_file_source(src) else packaged_files(str(src.source)))
+def source_manifest(src, cache_dir: str | None = None) -> list[dict]:
+    """The input files of a source with their size and mtime, each named by its identity in the checksum index of
+    ``cache_dir`` (packaged sources: the package files it reads)."""
+    if not is_file_source(src):
+        return manifest(packaged_files(str(src.source)))
+    return identity_manifest(input_files(src), cache_dir)
+
+
+def _inputs_key(src) -> str:
+    """What a source's inputs are known by: a file source by its input files' identities (so a moved folder is the
+    same source), a packaged one by its name."""
+    from proxy_exp.units import inputs_digest
+
+    return inputs_digest(src) if is_file_source(src) else str(src.source)
 
 
 def sample_sources(corpora: dict[str, CorpusConfig]) -> dict[str, CorpusConfig]:
     """The sources a BPE samples: every distinct source the corpora list (a recipe's mix entries, weight 0 included),
-    each once, as a plain corpus named and ordered by what it reads (``source-<hash of its reader settings and
-    paths>``). Nothing of the recipes enters (their names, weights, number, which recipe lists a source), so adding,
-    removing or reweighting a recipe over these sources leaves the tokenizer, and every other recipe's units, as
-    they are (README: the BPE's sample). Idempotent: the sample of a sample is itself."""
+    each once, as a plain corpus named and ordered by what it reads (``source-<hash of its reader settings and its
+    inputs' identities>``: a moved folder is the same source). Nothing of the recipes enters (their names, weights,
+    number, which recipe lists a source), so adding, removing or reweighting a recipe over these sources leaves the
+    tokenizer, and every other recipe's units, as they are (README: the BPE's sample). Idempotent: the sample of a
+    sample is itself."""
     from proxy_exp.config import SourceConfig
 
     found: dict[str, CorpusConfig] = {}
@@ -126,7 +138,7 @@ def sample_sources(corpora: dict[str, CorpusConfig]) -> dict[str, CorpusConfig]:
         corpus_sources(corpus)  # the recipe's checks
         listed = corpus.mix if str(corpus.source) == "mixture" else {name: corpus}
         for src in listed.values():
-            key = json.dumps([source_key(src), list(src.paths)], sort_keys=True, default=str)
+            key = json.dumps([source_key(src), _inputs_key(src)], sort_keys=True, default=str)
             if key not in found:
                 label = f"source-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
                 found[key] = CorpusConfig(**{f.name: getattr(src, f.name) for f in dataclasses.fields(SourceConfig)}
@@ -170,7 +182,8 @@ def bpe_cache_dir(cfg: TokenizerConfig, corpora: dict[str, CorpusConfig], cache_
     settings = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "sample_bytes_per_corpus": cfg.sample_bytes_per_corpus,
                 "special_tokens": list(SPECIAL_TOKENS), "recipe": BPE_RECIPE_VERSION,
                 "tokenizers": tokenizers.__version__}
-    inputs = {name: {"reader": source_key(src), "files": source_manifest(src)} for name, src in sources.items()}
+    inputs = {name: {"reader": source_key(src), "files": source_manifest(src, cache_dir)}
+              for name, src in sources.items()}
     key = json.dumps({"settings": settings, "sources": inputs}, sort_keys=True, default=str)
     return os.path.join(cache_dir, "tokenizers", hashlib.sha256(key.encode()).hexdigest()[:16])
 

@@ -79,9 +79,13 @@ def test_campaign_with_files_and_a_recipe(tmp_path, data):
     assert {u.id for u in work} <= done_units(_job(root, more), plan2)
     new = [u for u in plan2 if u.corpus == "plays_only" and u.kind == "train"]
     assert new and not {u.id for u in new} & done_units(_job(root, more), plan2)
-    # with a BPE, the tokenizer is trained on every corpus: adding one changes every unit (the tokenizer changes)
+    # with a BPE, the tokenizer is trained on every distinct source the corpora list: a corpus over a source the
+    # campaign lists already (plays.parquet) changes nothing else; one over a new source changes the tokenizer, and
+    # with it every unit
     bpe_ids = {u.id for u in plan_campaign(_job(root, _corpora(data), "tokenizer=bpe"))}
-    assert not bpe_ids & {u.id for u in plan_campaign(_job(root, more, "tokenizer=bpe")) if u.kind == "train"}
+    assert bpe_ids < {u.id for u in plan_campaign(_job(root, more, "tokenizer=bpe"))}
+    other = _corpora(data) | {"prose": CorpusConfig(name="prose", source="wikipedia", max_bytes=100_000)}
+    assert not bpe_ids & {u.id for u in plan_campaign(_job(root, other, "tokenizer=bpe")) if u.kind == "train"}
 
     # a changed input file: its tokenize unit and the corpus's training units are pending again, nothing else
     changed = data / "wiki" / "part-1.jsonl.zst"
