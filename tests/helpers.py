@@ -333,3 +333,12 @@ def mlflow_server(root, port: int | None = None, timeout: int = 120):
                     os.killpg(pid, signal.SIGKILL)
 
     return served()
+
+
+def flip_a_byte(path: str) -> None:
+    """Corrupt a file in place without changing its size (the middle byte inverted)."""
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))

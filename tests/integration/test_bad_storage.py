@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import (FIXTURE_TRACE_OVERRIDES, FIXTURE_TRACES, read_jsonl, run_cli, runs_of, save_tiny_llama,
+from tests.helpers import (FIXTURE_TRACE_OVERRIDES, FIXTURE_TRACES, flip_a_byte, read_jsonl, run_cli, runs_of, save_tiny_llama,
                            tiny_train_cfg)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -148,14 +148,6 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_complete_ones_and_resumes
 
 
 # ------------------------------------------------------------------------------ corrupt Parquet, truncated checkpoint
-def _flip_a_byte(path: str) -> None:
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        b = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([b[0] ^ 0xFF]))
-
-
 def test_corrupt_per_token_parquet_is_recomputed_never_used(tmp_path, tiny_model, capfd):
     import pandas as pd
 
@@ -173,7 +165,7 @@ def test_corrupt_per_token_parquet_is_recomputed_never_used(tmp_path, tiny_model
     udir = os.path.dirname(first.tokens_path)
     expected = pd.read_parquet(first.tokens_path)
     assert run().run_id == first.run_id  # intact: read back, not recomputed
-    _flip_a_byte(first.tokens_path)
+    flip_a_byte(first.tokens_path)
     capfd.readouterr()
     again = run()
     assert "tokens.parquet does not match its checksum (corrupt)" in capfd.readouterr().err

@@ -7,15 +7,7 @@ import os
 import pytest
 
 from proxy_exp import units
-from tests.helpers import compose, run_cli
-
-
-def _flip_a_byte(path: str) -> None:
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        b = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([b[0] ^ 0xFF]))
+from tests.helpers import compose, flip_a_byte, run_cli
 
 
 def _finish(root: str, uid: str, nbytes: int = 4096) -> str:
@@ -31,7 +23,7 @@ def _finish(root: str, uid: str, nbytes: int = 4096) -> str:
 def test_is_done_reads_sizes_only_and_verify_reads_everything(tmp_path, monkeypatch):
     root = str(tmp_path)
     weights = _finish(root, "train-a")
-    _flip_a_byte(weights)
+    flip_a_byte(weights)
     hashed = []
     real = units.file_sha256
     monkeypatch.setattr(units, "file_sha256", lambda p: hashed.append(p) or real(p))
@@ -66,7 +58,7 @@ def test_verify_action_finds_a_damaged_unit_that_status_counts_as_done(tmp_path)
     with open(damaged, "r+b") as f:  # sparse: grows to `big` bytes without writing them
         f.truncate(big)
     units.write_done(str(tmp_path), train[0].id, {"ok": True})
-    _flip_a_byte(damaged)
+    flip_a_byte(damaged)
     status = run_cli("proxy-campaign", "action=status", *args).stdout
     assert status.count("done ") >= 2 and f"2 done" in status.splitlines()[-1]
     r = run_cli("proxy-campaign", "action=verify", *args, ok=False)

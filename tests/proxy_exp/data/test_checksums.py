@@ -53,17 +53,23 @@ def _train_ids(ids: dict[str, str]) -> set[str]:
     return {v for k, v in ids.items() if k.startswith("train")}
 
 
-def test_touched_moved_and_copied_files_retrain_nothing(tmp_path):
-    from proxy_exp.data.mixture import open_train_data
-    from proxy_exp.data.tokenizer import build_tokenizer
-
+def _tokenized(tmp_path, tokenizer: str):
+    """Two sources of JSON-lines files and two recipes over them, tokenized: (source folders, root, ids before)."""
     src_a, src_b = tmp_path / "data" / "a", tmp_path / "data" / "b"
     _write_source(src_a, 3, 1)
     _write_source(src_b, 2, 2)
     root = tmp_path / "root"
-    job = _job(root, src_a, src_b, "olmo")
+    job = _job(root, src_a, src_b, tokenizer)
     before = _ids(job)
     _run_data_units(job)
+    return src_a, src_b, root, job, before
+
+
+def test_touched_moved_and_copied_files_retrain_nothing(tmp_path):
+    from proxy_exp.data.mixture import open_train_data
+    from proxy_exp.data.tokenizer import build_tokenizer
+
+    src_a, src_b, root, job, before = _tokenized(tmp_path, "olmo")
     assert _ids(job) == before  # recording checksums renames nothing
     index = os.listdir(root / "cache" / "inputs")
     assert index and all(n.endswith(".json") for n in index)
@@ -92,13 +98,7 @@ def test_touched_moved_and_copied_files_retrain_nothing(tmp_path):
 
 
 def test_the_bpe_sample_survives_a_moved_source(tmp_path):
-    src_a, src_b = tmp_path / "data" / "a", tmp_path / "data" / "b"
-    _write_source(src_a, 2, 3)
-    _write_source(src_b, 2, 4)
-    root = tmp_path / "root"
-    job = _job(root, src_a, src_b, "bpe")
-    before = _ids(job)
-    _run_data_units(job)
+    src_a, src_b, root, _, before = _tokenized(tmp_path, "bpe")
     moved = tmp_path / "moved" / "b"
     shutil.copytree(src_b, moved)
     shutil.rmtree(src_b)
