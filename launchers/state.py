@@ -15,17 +15,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Iterator
 
 from proxy_exp import units
-from proxy_exp.files import write_json
+from proxy_exp.files import held_lock, write_json
 from proxy_exp.units import Unit
 
 JOBS_FILE = "slurm_jobs.json"
 LOCK_FILE = ".campaign.lock"
-_LOCKS: dict[str, object] = {}  # lock path -> its FileLock (one object per path: re-entrant within this process)
 
 # Slurm job states -> the campaign's words
 _STATE = {
@@ -65,21 +63,9 @@ def campaign_lock(campaign_dir: str) -> Iterator[None]:
     """Hold the campaign's lock (``.campaign.lock`` in its folder; fcntl locks, on the shared filesystem where the
     campaign lives): one driver at a time reads the states, submits and records jobs, or creates the parent run.
     Re-entrant within a process; a driver that has to wait says so."""
-    from filelock import FileLock, Timeout
-
-    os.makedirs(campaign_dir, exist_ok=True)
     path = os.path.abspath(os.path.join(campaign_dir, LOCK_FILE))
-    lock = _LOCKS.setdefault(path, FileLock(path))
-    try:
-        lock.acquire(timeout=1)
-    except Timeout:
-        print(f"[proxy-exp] another driver is submitting this campaign ({path}): waiting for it", file=sys.stderr,
-              flush=True)
-        lock.acquire()
-    try:
+    with held_lock(path, f"another driver is submitting this campaign ({path}): waiting for it"):
         yield
-    finally:
-        lock.release()
 
 
 def save_jobs(campaign_dir: str, jobs: dict[str, dict]) -> dict[str, dict]:

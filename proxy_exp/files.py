@@ -34,6 +34,30 @@ def write_json(path: str, data: Any, indent: int | None = 2) -> None:
         raise
 
 
+_LOCKS: dict[str, Any] = {}  # lock path -> its FileLock: one object per path, so a process may re-enter it
+
+
+@contextlib.contextmanager
+def held_lock(path: str, waiting: str):
+    """Hold the file lock at ``path`` (fcntl, via filelock: shared filesystems that support it), saying ``waiting``
+    on stderr when another process holds it first; re-entrant within a process."""
+    import sys
+
+    from filelock import FileLock, Timeout
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    lock = _LOCKS.setdefault(os.path.abspath(path), FileLock(os.path.abspath(path)))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        print(f"[proxy-exp] {waiting}", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 _HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a file is hashed once per process
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy_exp.config import (CorpusConfig, EvaluateConfig, ModelConfig, PretrainConfig, ScoreConfig,
                               TokenizerConfig, TracesConfig, to_dict)
-from proxy_exp.files import file_sha256, write_json
+from proxy_exp.files import file_sha256, held_lock, write_json
 
 DONE = "DONE.json"
 # Fields that change how a unit runs, not what it computes.
@@ -259,21 +259,9 @@ def unit_lock(root: str, unit_id: str):
     """Hold the unit's lock while it runs: two campaigns (or reruns) that share a unit run it once; the second waits,
     then finds the first one's completion marker. The lock file lives beside the unit folders, on the same
     filesystem as the outputs (fcntl locks; shared filesystems that support them)."""
-    from filelock import FileLock, Timeout
-
-    os.makedirs(os.path.join(root, "units"), exist_ok=True)
-    lock = FileLock(os.path.join(root, "units", f".{unit_id}.lock"))
-    try:
-        lock.acquire(timeout=1)
-    except Timeout:
-        import sys
-
-        print(f"[proxy-exp] unit {unit_id} is running in another process: waiting for it", file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
+    with held_lock(os.path.join(root, "units", f".{unit_id}.lock"),
+                   f"unit {unit_id} is running in another process: waiting for it"):
         yield
-    finally:
-        lock.release()
 
 
 def unit_dir(root: str, unit_id: str) -> str:
