@@ -166,6 +166,16 @@ def verify_campaign(cfg: CampaignJobConfig, plan: list[Unit], progress: bool = T
     return 1 if damaged else 0
 
 
+def checked_plan(cfg: CampaignJobConfig) -> list[Unit]:
+    """The plan of a run and, when it has work left, its data check (:func:`check_data`), in one listing of the
+    input files (each stat-ed once)."""
+    with units.input_memo(_cache(cfg)):
+        plan = plan_campaign(cfg)
+        if len(done_units(cfg, plan)) < len(plan):
+            check_data(cfg, plan)
+    return plan
+
+
 def check_data(cfg: CampaignJobConfig, plan: list[Unit]) -> None:
     """Before anything runs: the repetition check of :func:`data_plan` (warn, or fail by corpus.repeat_policy).
     Tokenization is the tokenize units' work: the driver reads no corpus."""
@@ -206,18 +216,18 @@ def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> Run:
 
 
 def submit_campaign(cfg: CampaignJobConfig, plan: list[Unit] | None = None) -> dict[str, dict]:
-    """Slurm: submit every unit that is missing, failed or cancelled, and return at once with the job ids. Reading
+    """Slurm: submit every unit that is missing, failed or cancelled (``plan``: the command's :func:`checked_plan`),
+    and return at once with the job ids. Reading
     the states, submitting and recording the jobs run under the campaign lock: a driver started beside another
     submits nothing the other one has submitted (it sees those units pending), and the job record keeps both
     drivers' jobs."""
     from launchers.state import campaign_lock, lane_load, load_jobs, needs_submission, save_jobs, unit_states
     from launchers.submit import submit_slurm
 
-    plan = plan_campaign(cfg) if plan is None else plan
+    plan = checked_plan(cfg) if plan is None else plan
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
     ensure_experiment(cfg.tracking, root)
-    check_data(cfg, plan)
     with campaign_lock(cdir):
         states = unit_states(plan, root, cdir)
         to_submit = {s.unit.id for s in states if needs_submission(s)}
@@ -260,14 +270,15 @@ def collect_campaign(cfg: CampaignJobConfig, plan: list[Unit] | None = None):
 
 
 def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit] | None = None):
-    """Run (or resume) a campaign (``plan``: the command's plan, made once); returns (outcome, report)."""
+    """Run (or resume) a campaign (``plan``: the command's :func:`checked_plan`, made once); returns (outcome,
+    report)."""
     from tqdm.auto import tqdm
 
     from analysis.reports import analyze_campaign
     from launchers.submit import run_units
 
     t0 = time.time()
-    plan = plan_campaign(cfg) if plan is None else plan
+    plan = checked_plan(cfg) if plan is None else plan
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
     ensure_experiment(cfg.tracking, root)  # create the store once, before jobs fan out
@@ -277,8 +288,6 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit]
     parent = _parent_run(cfg, plan, cdir)
     for u in plan:
         u.config.parent_run_id = parent.run_id
-    if len(done) < len(plan):
-        check_data(cfg, plan)
     bar = tqdm(total=len(plan), initial=len(done), desc="units", unit="unit", disable=not progress,
                dynamic_ncols=True)
 
@@ -313,11 +322,14 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit]
 
 def _main(cfg: DictConfig) -> int:
     job = to_job(cfg, CampaignJobConfig)
-    with units.input_memo(_cache(job)):  # the plan and what it prints list and stat each input file once
-        plan = plan_campaign(job)
-        if job.dry_run or job.action == CampaignAction.plan:
-            print_plan(job, plan)
-            return 0
+    if job.action == CampaignAction.run and not job.dry_run:
+        plan = checked_plan(job)
+    else:
+        with units.input_memo(_cache(job)):  # the plan and what it prints list and stat each input file once
+            plan = plan_campaign(job)
+            if job.dry_run or job.action == CampaignAction.plan:
+                print_plan(job, plan)
+                return 0
     if job.action == CampaignAction.status:
         print_status(job, plan)
         return 0
