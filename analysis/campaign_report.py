@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.decisions import decision_accuracy_seeds, rank_correlations, ranks
+from analysis.decisions import decision_accuracy_seeds, oriented_rank_correlations, rank_correlations, ranks
 from analysis.held_out import held_out_selection
 from analysis.pareto import pareto_frontier
-from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, trace_seed_bootstrap
+from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, seed_bootstrap_many, trace_seed_bootstrap
 from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS
 from proxy_exp.evaluate.metrics import (HIGHER_IS_BETTER_PARAM, OWN_HIGHER_IS_BETTER, check_metric_name,
                                        default_direction, direction_of)
@@ -206,14 +206,15 @@ def _checkpoint_rows(checkpoints: pd.DataFrame, scores: pd.DataFrame, keys: list
         flops = (sub[K.FLOPS_TRAIN] * sub["fraction"] + sub[K.FLOPS_SCORE]).groupby(sub["corpus"]).sum()
         compute = float(flops.mean() / target_flops)
         label_size = f"{size}@{int(step)}"
-        for key, method, low in zip(keys, names, lower):
-            if key not in sub.columns:
-                continue
-            by_seed = sub.pivot(index="corpus", columns="seed", values=key).dropna()
+        present = [(key, method, low) for key, method, low in zip(keys, names, lower) if key in sub.columns]
+        wide = sub.set_index(["corpus", "seed"])[[key for key, _, _ in present]].unstack("seed")  # one reshape
+        by_seeds = [wide[key].dropna() for key, _, _ in present]
+        cis = seed_bootstrap_many(by_seeds, [low for _, _, low in present], truth_by_seed, truth_lower, n_boot,
+                                  boot_seed)  # all proxies of the checkpoint resampled together
+        for (key, method, low), by_seed, ci in zip(present, by_seeds, cis):
             rows.append({"method": method, "family": "ce" if method == ce_proxy else "proxy", "size": label_size,
                          "label": f"{method} @ {label_size}", "compute": compute,
-                         **_evaluate_method(by_seed, truth, low, truth_lower),
-                         **seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed)})
+                         **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
     if not rows:
         notes.append("checkpoints were given but no checkpoint step is shared by every proxy run of a size")
     return rows
@@ -266,8 +267,9 @@ def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth
         return {"decision_accuracy": np.nan, "decision_accuracy_per_seed_mean": np.nan,
                 "spearman": np.nan, "kendall": np.nan, "n_corpora": len(common), "n_seeds": by_seed.shape[1]}
     by_seed = by_seed.loc[common]
-    da = decision_accuracy_seeds(by_seed, truth, lower, truth_lower)
-    rc = rank_correlations(by_seed.mean(axis=1), truth, lower, truth_lower)
+    da = decision_accuracy_seeds(by_seed, truth, lower, truth_lower)  # checks the values: no NaN, no duplicate
+    rc = oriented_rank_correlations(by_seed.mean(axis=1).to_numpy(float) * (-1.0 if lower else 1.0),
+                                    truth.loc[common].to_numpy(float) * (-1.0 if truth_lower else 1.0))
     return {"decision_accuracy": da["decision_accuracy"],
             "decision_accuracy_per_seed_mean": da["decision_accuracy_per_seed_mean"],
             "spearman": rc["spearman"], "kendall": rc["kendall"], "n_corpora": len(common),

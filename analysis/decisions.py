@@ -96,10 +96,13 @@ def decision_accuracy_seeds(pred_by_seed: pd.DataFrame, truth: Values, pred_lowe
     if nan_rows:
         raise ValueError(f"pred_by_seed: items {nan_rows} lack a value for some seed; every item needs "
                          "every seed (drop the item or the seed)")
-    per_seed = {seed: decision_accuracy(pred_by_seed[seed], truth, pred_lower_is_better,
-                                        truth_lower_is_better) for seed in pred_by_seed.columns}
-    mean_rank = decision_accuracy(pred_by_seed.mean(axis=1), truth, pred_lower_is_better,
-                                  truth_lower_is_better)
+    # the items common to the seed mean and the truth are those of every seed (no NaN rows): one alignment, and
+    # every seed's ranking and the mean's at once (a campaign's analysis calls this for each checkpoint and proxy)
+    common, mean, t = _oriented_pair(pred_by_seed.mean(axis=1), truth, pred_lower_is_better, truth_lower_is_better)
+    by_seed = pred_by_seed.loc[common].to_numpy(dtype=float) * (-1.0 if pred_lower_is_better else 1.0)
+    scores = pairwise_decision_accuracy(np.column_stack([mean, by_seed]), t)
+    per_seed = {seed: float(v) for seed, v in zip(pred_by_seed.columns, scores[1:])}
+    mean_rank = float(scores[0])
     return {"decision_accuracy": mean_rank,
             "decision_accuracy_per_seed_mean": float(np.mean(list(per_seed.values()))),
             "per_seed": per_seed}
@@ -113,6 +116,11 @@ def rank_correlations(pred: Values, truth: Values, pred_lower_is_better: bool,
     items exactly as the truth does" whatever the two metrics' directions. A constant input gives NaN.
     """
     _, p, t = _oriented_pair(pred, truth, pred_lower_is_better, truth_lower_is_better)
+    return oriented_rank_correlations(p, t)
+
+
+def oriented_rank_correlations(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    """:func:`rank_correlations` of two aligned arrays already oriented so that higher is better."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         sp = stats.spearmanr(p, t)

@@ -13,6 +13,7 @@ once (numpy over a corpus x seed x trace x proxy array).
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Mapping, Sequence
 
@@ -47,6 +48,37 @@ def _da_and_rho(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nda
     denom = np.sqrt((rp ** 2).sum(axis=0) * (rt ** 2).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(denom > 0, (rp * rt[:, None]).sum(axis=0) / denom, np.nan)
+    return da, rho
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_picks(n_pred: int, n_truth: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds :func:`seed_bootstrap` resamples ([resample, seed] for the method, [resample, seed] for the
+    target), drawn in the order of a loop over resamples (method, then target); the same for every method of a
+    campaign, so drawn once."""
+    rng = np.random.default_rng(seed)
+    picks = [(rng.integers(0, n_pred, n_pred), rng.integers(0, n_truth, n_truth)) for _ in range(n_boot)]
+    s_idx, t_idx = np.stack([p for p, _ in picks]), np.stack([t for _, t in picks])
+    s_idx.flags.writeable = t_idx.flags.writeable = False
+    return s_idx, t_idx
+
+
+def _da_and_rho_by_column(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_da_and_rho` of each column of ``pred`` [corpus, k] against the same column of ``truth`` [corpus, k]
+    (k resamples at once): decision accuracy as :func:`analysis.decisions.pairwise_decision_accuracy` (pairs tied in
+    the truth skipped, ties in the prediction 1/2; NaN where no pair is decided) and Spearman's rho."""
+    i, j = np.triu_indices(pred.shape[0], k=1)
+    sign_p, sign_t = np.sign(pred[i] - pred[j]), np.sign(truth[i] - truth[j])
+    decided = sign_t != 0
+    score = np.where(sign_p == 0, 0.5, (sign_p == sign_t).astype(float)) * decided
+    n = decided.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        da = np.where(n > 0, score.sum(axis=0) / np.maximum(n, 1), np.nan)
+    rp, rt = rankdata(pred, axis=0), rankdata(truth, axis=0)
+    rp, rt = rp - rp.mean(axis=0), rt - rt.mean(axis=0)
+    denom = np.sqrt((rp ** 2).sum(axis=0) * (rt ** 2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denom > 0, (rp * rt).sum(axis=0) / denom, np.nan)
     return da, rho
 
 
@@ -109,18 +141,36 @@ def seed_bootstrap(pred_by_seed: pd.DataFrame, lower_is_better: bool, truth_by_s
                    alpha: float = 0.05) -> dict[str, float]:
     """CIs for one method known per corpus and seed only (direct evaluation): resample its seeds and the
     target seeds. With a single seed on both sides there is nothing to resample: NaN bounds."""
-    corpora = sorted(set(pred_by_seed.dropna().index) & set(truth_by_seed.dropna().index))
+    return seed_bootstrap_many([pred_by_seed], [lower_is_better], truth_by_seed, truth_lower_is_better, n_boot, seed,
+                               alpha)[0]
+
+
+def seed_bootstrap_many(preds: Sequence[pd.DataFrame], lower_is_better: Sequence[bool], truth_by_seed: pd.DataFrame,
+                        truth_lower_is_better: bool, n_boot: int = 500, seed: int = 0, alpha: float = 0.05,
+                        chunk: int = 16) -> list[dict[str, float]]:
+    """:func:`seed_bootstrap` of each method of ``preds`` (corpus x seed frames), the same for each as one call
+    would give: methods over the same corpora and number of seeds share the resampled seeds, so they are resampled
+    together (a campaign's analysis has 80 proxies at each checkpoint of each size), ``chunk`` at a time."""
     nan = {k: float("nan") for k in CI_COLUMNS}
-    if len(corpora) < 2 or (pred_by_seed.shape[1] < 2 and truth_by_seed.shape[1] < 2):
-        return nan
-    pred = pred_by_seed.loc[corpora].to_numpy(float) * (-1.0 if lower_is_better else 1.0)
-    truth = truth_by_seed.loc[corpora].to_numpy(float) * (-1.0 if truth_lower_is_better else 1.0)
-    rng = np.random.default_rng(seed)
-    das, rhos = [], []
-    for _ in range(int(n_boot)):
-        s = rng.integers(0, pred.shape[1], pred.shape[1])
-        t = rng.integers(0, truth.shape[1], truth.shape[1])
-        da, rho = _da_and_rho(pred[:, s].mean(axis=1)[:, None], truth[:, t].mean(axis=1))
-        das.append(da[0])
-        rhos.append(rho[0])
-    return {k: float(v) for k, v in _intervals(das, rhos, alpha).items()}
+    out: list[dict[str, float]] = [nan] * len(preds)
+    truth_ok = set(truth_by_seed.dropna().index)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(preds):
+        corpora = tuple(sorted(set(p.dropna().index) & truth_ok))
+        if len(corpora) >= 2 and not (p.shape[1] < 2 and truth_by_seed.shape[1] < 2):
+            groups.setdefault((corpora, p.shape[1]), []).append(i)
+    for (corpora, n_seeds), members in groups.items():
+        truth = truth_by_seed.loc[list(corpora)].to_numpy(float) * (-1.0 if truth_lower_is_better else 1.0)
+        s_idx, t_idx = _seed_picks(n_seeds, truth.shape[1], int(n_boot), seed)
+        t_res = truth[:, t_idx].mean(axis=2)  # [corpus, resample]
+        for lo in range(0, len(members), chunk):
+            part = members[lo:lo + chunk]
+            pred = np.stack([preds[i].loc[list(corpora)].to_numpy(float) * (-1.0 if lower_is_better[i] else 1.0)
+                             for i in part], axis=2)  # [corpus, seed, method]
+            p_res = pred[:, s_idx, :].mean(axis=2)  # [corpus, resample, method]
+            da, rho = _da_and_rho_by_column(p_res.reshape(len(corpora), -1),
+                                            np.repeat(t_res, len(part), axis=1))
+            bounds = _intervals(da.reshape(-1, len(part)), rho.reshape(-1, len(part)), alpha)
+            for j, i in enumerate(part):
+                out[i] = {k: float(v[j]) for k, v in bounds.items()}
+    return out
