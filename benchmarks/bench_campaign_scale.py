@@ -320,6 +320,21 @@ def _build_units(spec_file: str) -> None:
     print(json.dumps(out))
 
 
+def _log_in_loop_history(run, k, udir: str, history: list[tuple], total_steps: int) -> None:
+    """The in-loop history a train job of this checkout logs (proxy_exp/train/in_loop.py): step, key, value as one
+    Parquet artifact, the run's planned steps in its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = list(zip(*history))
+    table = pa.table({c: pa.array(v) for c, v in zip(k.HISTORY_COLUMNS, cols)})
+    table = table.replace_schema_metadata({k.HISTORY_TOTAL_STEPS: str(total_steps)})
+    path = os.path.join(udir, k.IN_LOOP_HISTORY)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(table, path)
+    run.log_artifact(path, os.path.dirname(k.IN_LOOP_HISTORY))
+
+
 _ZEROS_SHA: dict[int, str] = {}
 
 
@@ -458,9 +473,14 @@ def _write_runs(job, plan, root: str, b: dict, rng, sizes: dict, quality: dict, 
                 run.log_metrics({k.TRAIN_LOSS: 10.0 / (1 + np.log1p(st)) - 0.1 * q, k.TRAIN_LR: 0.003,
                                  k.TRAIN_TOKENS: tok, k.FLOPS_TRAIN: tok * fpt}, step=int(st))
             if u.role == "proxy":
+                history = []
                 for st in np.unique(np.geomspace(1, tp.steps, b["in_loop_points"]).astype(int)):
                     frac = st / tp.steps
-                    run.log_metrics({p: float(q * scale * frac + r.normal()) for p in proxies}, step=int(st))
+                    m = {p: float(q * scale * frac + r.normal()) for p in proxies}
+                    run.log_metrics(m, step=int(st))
+                    history += [(int(st), key, value) for key, value in m.items()]
+                if hasattr(k, "IN_LOOP_HISTORY"):  # a checkout whose train job logs its in-loop history as one file
+                    _log_in_loop_history(run, k, udir, history, int(tp.steps))
             run.log_metrics({k.TRAIN_FINAL_LOSS: 3.0 - 0.1 * q, k.TRAIN_SECONDS: 3600.0, k.N_PARAMS: tp.n_params,
                              k.N_PARAMS_NON_EMBEDDING: tp.n_params_non_embedding}, step=int(tp.steps))
             run.set_tags({k.tag(k.MODEL_DIR): os.path.join(udir, "model")})
@@ -687,6 +707,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit-s", type=float, default=300.0, help="time limit of each measured command")
     p.add_argument("--rss-limit-gb", type=float, default=12.0, help="kill a measured command past this RSS")
     p.add_argument("--stores", default="local,server", help="local (SQLite) and/or server (proxy-mlflow-server)")
+    p.add_argument("--mlflow-up-to", choices=list(SIZES), default="",
+                   help="build MLflow stores (and measure the analysis) only up to this size; larger sizes measure "
+                        "plan and status (9,000 runs per store take hours to write on 2 cores)")
     p.add_argument("--source-gb", type=float, default=1000.0, help="apparent size of each source (sparse files)")
     p.add_argument("--loss-points", type=int, default=20, help="steps of train/loss etc. logged per train run")
     p.add_argument("--in-loop-points", type=int, default=8, help="steps of in-loop proxies per proxy train run")
@@ -713,7 +736,8 @@ def main(argv: list[str] | None = None) -> None:
                     stop_server(args.repo, state["server_root"])
                 print(json.dumps({k: v for k, v in state.items() if k not in ("uris",)}, default=str))
                 continue
-            _, res = run_size(args, size, workdir, stores)
+            above = args.mlflow_up_to and list(SIZES).index(size) > list(SIZES).index(args.mlflow_up_to)
+            _, res = run_size(args, size, workdir, [] if above else stores)
             results += res
         if results:
             report(args, results)
