@@ -394,7 +394,8 @@ def test_default_settings_keep_unit_ids(tasks_dir) -> None:
     for group in ("mini", "full"):
         ev = app.to_job(compose("evaluate", ["model.path=/m", f"evaluate={group}"]), EvaluateJobConfig).evaluate
         before = units.stable_id("evaluate", {"model": ref, "evaluate": {
-            "tasks": list(ev.tasks), "limit": ev.limit, "primary_metric": str(ev.primary_metric)}})
+            "tasks": list(ev.tasks), "limit": ev.limit, "primary_metric": str(ev.primary_metric)},
+            "computation": units.evaluate_computation(ev)})  # lm-eval's and the tasks' versions (an upgrade reruns)
         assert units.eval_unit_id(ref, ev) == before, f"conf/evaluate/{group}.yaml: evaluate unit ids drifted"
     base = EvaluateConfig()
     assert units.eval_unit_id(ref, EvaluateConfig(num_fewshot=5)) != units.eval_unit_id(ref, base)
