@@ -113,13 +113,14 @@ def _plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
     plan, needs = data_units(cfg)
     tok_corpora = tokenizer_sample(cfg)
     roles = [("proxy", size, c.seeds) for size in c.proxy_sizes] + [("target", c.target_size, c.target_seeds)]
+    pretrain = {role: _pretrain_for(cfg, role) for role in ("proxy", "target")}  # one OmegaConf merge, not one a unit
     for role, size, seeds in roles:
         for corpus_name, corpus in c.corpora.items():
             for seed in seeds:
                 tcfg = TrainJobConfig(model=copy.deepcopy(c.sizes[size]), tokenizer=copy.deepcopy(cfg.tokenizer),
                                       corpus=copy.deepcopy(corpus),
                                       tokenizer_corpora=tok_corpora,
-                                      pretrain=_pretrain_for(cfg, role), seed=seed, tracking=cfg.tracking,
+                                      pretrain=copy.deepcopy(pretrain[role]), seed=seed, tracking=cfg.tracking,
                                       paths=cfg.paths, campaign=c.name, tokenize=copy.deepcopy(cfg.tokenize))
                 tcfg.model.name = size
                 tid = units.train_unit_id(tcfg.model, tcfg.tokenizer, tcfg.tokenizer_corpora, tcfg.corpus,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -241,17 +242,21 @@ def evaluate_computation(evaluate: EvaluateConfig) -> dict:
     """What else determines an evaluation's numbers: the installed lm-eval's version and the ``metadata.version`` of
     each embedded task it runs (a team's task folder enters by its files' identity; a registry task by lm-eval's
     version). Read from package metadata and the task YAMLs: lm-eval is not imported."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from proxy_exp.evaluate.task_data import available_tasks, embedded_task_yaml
 
-    try:
-        lm_eval = version("lm_eval")
-    except PackageNotFoundError:
-        lm_eval = "not installed"
     embedded = sorted(set(evaluate.tasks) & set(available_tasks()))
-    return {"lm_eval": lm_eval,
+    return {"lm_eval": _lm_eval_version(),
             "tasks": {t: str((embedded_task_yaml(t).get("metadata") or {}).get("version")) for t in embedded}}
+
+
+@functools.lru_cache(maxsize=1)
+def _lm_eval_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 @contextlib.contextmanager
