@@ -102,9 +102,9 @@ def input_memo(cache_dir: str = ""):
 def inputs_digest(src) -> str:
     """sha256 (16 hex digits) of a file source's input manifest, each file named by its identity
     (readers.identity_manifest: path, size, mtime of each file when first tokenized; no file is read to plan)."""
-    from proxy_exp.data.readers import identity_manifest, input_files, manifest_digest
+    from proxy_exp.data.readers import identity_manifest, input_files, manifest_digest, source_spec_key
 
-    key = json.dumps([str(src.source), list(src.paths), src.hf_builder, src.hf_split])
+    key = source_spec_key(src)
     if _INPUT_MEMO is not None and key in _INPUT_MEMO:
         return _INPUT_MEMO[key]
     digest = manifest_digest(identity_manifest(input_files(src)))

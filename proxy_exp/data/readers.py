@@ -147,10 +147,16 @@ def input_files(src) -> list[str]:
     Raises FileNotFoundError for an entry that matches nothing. Listed once per source inside :func:`listing_memo`."""
     if _MEMO is None:
         return _list_input_files(src)
-    key = json.dumps([str(src.source), list(src.paths), src.hf_builder, src.hf_split], default=str)
+    key = source_spec_key(src)
     if key not in _MEMO["files"]:
         _MEMO["files"][key] = _list_input_files(src)
     return list(_MEMO["files"][key])
+
+
+def source_spec_key(src) -> str:
+    """What names a file source's list of input files (its format, paths and builder): the key of per-command
+    memos of that list and of its manifest's digest."""
+    return json.dumps([str(src.source), list(src.paths), src.hf_builder, src.hf_split], default=str)
 
 
 def _list_input_files(src) -> list[str]:
