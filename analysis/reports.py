@@ -47,11 +47,9 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     from analysis.runs import campaign_frame, campaign_runs
 
     uri = query.configure_reads(tcfg, root)
-    plan_path = query.download_artifact(uri, parent_run_id, "plan/units.json")
-    if plan_path is None:
+    planned = query.json_artifact(uri, parent_run_id, "plan/units.json")
+    if planned is None:
         raise ValueError(f"campaign run {parent_run_id} has no plan/units.json artifact: is it a campaign's parent run?")
-    with open(plan_path) as f:
-        planned = json.load(f)
     ids = {u["id"] for u in planned if u.get("kind", "train") in keys.UNIT_KINDS}  # data units log no runs
     campaign = planned[0].get("campaign", "") if planned else ""
     runs = campaign_runs(uri, tcfg.experiment, campaign, ids)
@@ -63,9 +61,9 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     per_trace = {}
     for r in frame[(frame["kind"] == "score") & (frame["role"] == "proxy")].itertuples():
         # per-trace proxies for CIs over traces; a run without them gets CIs over seeds only
-        path = query.download_artifact(uri, r.run_id, "scores/per_trace.parquet")
-        if path is not None:
-            per_trace[(r.corpus, r.size, r.seed)] = pd.read_parquet(path)
+        table = query.parquet_artifact(uri, r.run_id, "scores/per_trace.parquet")
+        if table is not None:
+            per_trace[(r.corpus, r.size, r.seed)] = table.to_pandas()
     report = campaign_decisions(frame, primary_proxy=acfg.primary_proxy, ce_proxy=acfg.ce_proxy,
                                 truth_metric=truth_metric, per_trace=per_trace, n_boot=acfg.n_boot,
                                 truth_higher_is_better=truth_direction_from_runs(runs, truth_metric, ids),

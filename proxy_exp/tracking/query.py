@@ -8,8 +8,10 @@ runs through a server) run under ``tracking.analysis_timeout_s`` (:func:`configu
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -133,24 +135,46 @@ def latest_metrics(uri: str, run_id: str) -> dict[str, float]:
     return dict(_client(uri).get_run(run_id).data.metrics)
 
 
-def download_artifact(uri: str, run_id: str, path: str) -> str | None:
-    """A run's artifact downloaded to a local temporary path, or None when the run has no such artifact."""
+@contextlib.contextmanager
+def downloaded_artifact(uri: str, run_id: str, path: str) -> Iterator[str | None]:
+    """A run's artifact downloaded to a temporary local path for the ``with`` block (removed after it), or None
+    when the run has no such artifact. Any other failure (store unreachable, permissions, a timeout) raises."""
     dst = tempfile.mkdtemp(prefix="proxy-exp-artifact-")
     try:
-        return _client(uri).download_artifacts(run_id, path, dst)
-    except Exception:  # noqa: BLE001 (MLflow raises several types for a missing artifact)
+        try:
+            local = _client(uri).download_artifacts(run_id, path, dst)
+        except Exception:  # noqa: BLE001 (MLflow raises several types for a missing artifact: tell it apart below)
+            if _has_artifact(uri, run_id, path):
+                raise
+            local = None
+        yield local
+    finally:
         shutil.rmtree(dst, ignore_errors=True)
-        return None
+
+
+def _has_artifact(uri: str, run_id: str, path: str) -> bool:
+    """Whether ``path`` is among the run's artifacts (one listing of its folder; asked only after a failed
+    download, so a missing artifact costs one call and a real error is not taken for one)."""
+    folder = os.path.dirname(path)
+    return any(f.path == path for f in _client(uri).list_artifacts(run_id, folder or None))
+
+
+def json_artifact(uri: str, run_id: str, path: str):
+    """A run's JSON artifact, parsed, or None when the run has none."""
+    with downloaded_artifact(uri, run_id, path) as local:
+        if local is None:
+            return None
+        with open(local) as f:
+            return json.load(f)
 
 
 def parquet_artifact(uri: str, run_id: str, path: str):
-    """A run's Parquet artifact as a ``pyarrow.Table`` (its schema metadata kept), or None when the run has none."""
-    local = download_artifact(uri, run_id, path)
-    if local is None:
-        return None
+    """A run's Parquet artifact as a ``pyarrow.Table`` (its schema metadata kept, read into memory), or None when
+    the run has none."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(local)
+    with downloaded_artifact(uri, run_id, path) as local:
+        return None if local is None else pq.read_table(local, memory_map=False)
 
 
 def find_runs(uri: str, experiment: str, filter_string: str, limit: int | None = None,

@@ -55,3 +55,37 @@ def test_one_client_per_uri_and_the_analysis_timeout(tmp_path):
     Run(cfg, str(tmp_path), "a job's run").end()  # a job configures its own, short timeout
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == str(cfg.http_timeout_s)
 
+
+
+def test_artifacts_are_read_without_leaving_files_and_a_real_error_is_not_taken_for_a_missing_one(tmp_path,
+                                                                                                 monkeypatch):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    cfg = TrackingConfig(experiment=EXPERIMENT)
+    uri = tracking_uri(cfg, str(tmp_path))
+    pq.write_table(pa.table({"x": [1, 2, 3]}), tmp_path / "t.parquet")
+    (tmp_path / "p.json").write_text(json.dumps([{"id": "a"}]))
+    with Run(cfg, str(tmp_path), "with artifacts") as run:
+        run.log_artifact(str(tmp_path / "t.parquet"), "tables")
+        run.log_artifact(str(tmp_path / "p.json"), "plan")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    assert query.parquet_artifact(uri, run.run_id, "tables/t.parquet").column("x").to_pylist() == [1, 2, 3]
+    assert query.json_artifact(uri, run.run_id, "plan/p.json") == [{"id": "a"}]
+    assert query.parquet_artifact(uri, run.run_id, "tables/none.parquet") is None
+    assert query.json_artifact(uri, run.run_id, "elsewhere/p.json") is None
+    assert list(temp.iterdir()) == []  # every download's folder removed (3,000 runs read left 3,000 folders)
+    # an artifact that exists but cannot be downloaded (here: the download denied) is an error, not "no artifact"
+    def denied(*args, **kwargs):
+        raise PermissionError("denied")
+
+    monkeypatch.setattr(query._client(uri), "download_artifacts", denied)
+    with pytest.raises(PermissionError):
+        query.parquet_artifact(uri, run.run_id, "tables/t.parquet")
+    assert query.parquet_artifact(uri, run.run_id, "tables/none.parquet") is None
+    assert list(temp.iterdir()) == []
