@@ -11,7 +11,6 @@ and renamed, so a CSV under its real name is complete.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pandas as pd
