@@ -16,7 +16,11 @@ def in_loop_steps(uri: str, run_id: str, wanted: list[str]) -> tuple[pd.DataFram
     Read from the run's :data:`keys.IN_LOOP_HISTORY` artifact (one download: a proxy-exp training run with in-loop
     metrics); a key that the artifact lacks (a run logged before it existed, a team's run, a step scored into the run
     afterwards by ``proxy-score tracking.run_id=...``) from its metric history."""
-    table = query.parquet_artifact(uri, run_id, keys.IN_LOOP_HISTORY)
+    return _steps(uri, run_id, wanted, query.parquet_artifact(uri, run_id, keys.IN_LOOP_HISTORY))
+
+
+def _steps(uri: str, run_id: str, wanted: list[str], table) -> tuple[pd.DataFrame, int]:
+    """:func:`in_loop_steps` from the run's history artifact as read (``table``: a ``pyarrow.Table`` or None)."""
     tidy = pd.DataFrame(columns=list(keys.HISTORY_COLUMNS))
     last = 0
     if table is not None:
@@ -33,17 +37,21 @@ def in_loop_steps(uri: str, run_id: str, wanted: list[str]) -> tuple[pd.DataFram
     return wide, last
 
 
-def checkpoint_frame(uri: str, frame: pd.DataFrame) -> pd.DataFrame | None:
+def checkpoint_frame(uri: str, frame: pd.DataFrame, artifact_uris: dict[str, str] | None = None) -> pd.DataFrame | None:
     """In-loop proxies of a campaign's proxy training runs (``campaign.in_loop_score_every``), one row per run and
     step: corpus, size, seed, step, fraction (of the run's last step) and the 80 ``proxy/<s>/<w>`` values; None
     when no proxy training run logged them. ``frame`` is :func:`analysis.runs.campaign_frame`'s output. One artifact
-    download per run (:func:`in_loop_steps`)."""
+    download per run (:func:`in_loop_steps`), several at a time; ``artifact_uris`` (run id -> the run's
+    ``artifact_uri`` from the search) spares the store a read of each whole run to find its artifacts."""
     trains = frame[(frame["kind"] == "train") & (frame["role"] == "proxy")]
     if trains.empty or PROXY_KEYS[0] not in trains.columns:
         return None
+    records = trains[trains[PROXY_KEYS[0]].notna()].to_dict("records")
+    tables = query.parquet_artifacts(uri, [(r["run_id"], (artifact_uris or {}).get(r["run_id"], "")) for r in records],
+                                     keys.IN_LOOP_HISTORY, progress="in-loop histories")
     out = []
-    for r in trains[trains[PROXY_KEYS[0]].notna()].to_dict("records"):
-        wide, last = in_loop_steps(uri, r["run_id"], [k for k in PROXY_KEYS if k in r and pd.notna(r[k])])
+    for r in records:
+        wide, last = _steps(uri, r["run_id"], [k for k in PROXY_KEYS if k in r and pd.notna(r[k])], tables[r["run_id"]])
         last = last or max((step for step, _ in query.metric_history(uri, r["run_id"], keys.TRAIN_LOSS)), default=0)
         if not last or wide.empty:
             continue

@@ -57,16 +57,17 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     if missing:
         raise ValueError(f"{len(missing)} planned unit(s) have no finished MLflow run "
                          f"(e.g. {sorted(missing)[:3]}); rerun proxy-campaign to complete them")
-    per_trace = {}
-    for r in frame[(frame["kind"] == "score") & (frame["role"] == "proxy")].itertuples():
-        # per-trace proxies for CIs over traces; a run without them gets CIs over seeds only
-        table = query.parquet_artifact(uri, r.run_id, "scores/per_trace.parquet")
-        if table is not None:
-            per_trace[(r.corpus, r.size, r.seed)] = table.to_pandas()
+    artifact_uris = dict(zip(runs["run_id"], runs["artifact_uri"]))
+    scores = list(frame[(frame["kind"] == "score") & (frame["role"] == "proxy")].itertuples())
+    # per-trace proxies for CIs over traces; a run without them gets CIs over seeds only
+    tables = query.parquet_artifacts(uri, [(r.run_id, artifact_uris.get(r.run_id, "")) for r in scores],
+                                     "scores/per_trace.parquet", progress="per-trace proxies")
+    per_trace = {(r.corpus, r.size, r.seed): tables[r.run_id].to_pandas() for r in scores
+                 if tables[r.run_id] is not None}
     report = campaign_decisions(frame, primary_proxy=acfg.primary_proxy, ce_proxy=acfg.ce_proxy,
                                 truth_metric=truth_metric, per_trace=per_trace, n_boot=acfg.n_boot,
                                 truth_higher_is_better=truth_direction_from_runs(runs, truth_metric, ids),
-                                boot_seed=acfg.seed, checkpoints=checkpoint_frame(uri, frame))
+                                boot_seed=acfg.seed, checkpoints=checkpoint_frame(uri, frame, artifact_uris))
     out = os.path.join(out_dir, "analysis")
     os.makedirs(out, exist_ok=True)
     files = {}
