@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 
 from omegaconf import OmegaConf
@@ -57,8 +58,8 @@ def tokenizer_sample(cfg: CampaignJobConfig) -> dict:
 def data_units(cfg: CampaignJobConfig) -> tuple[list[Unit], dict[str, list[str]]]:
     """The campaign's bpe unit (if it trains a BPE) and tokenize units, and the tokenize unit ids each corpus
     needs (corpus name -> ids)."""
-    from proxy_exp.data.corpora import corpus_sources
-    from proxy_exp.data.readers import input_files, is_file_source
+    from proxy_exp.data.corpora import corpus_sources, shard_reader_key
+    from proxy_exp.data.readers import input_files, is_file_source, source_spec_key
 
     c = cfg.campaign
     tok_corpora = tokenizer_sample(cfg)
@@ -72,16 +73,24 @@ def data_units(cfg: CampaignJobConfig) -> tuple[list[Unit], dict[str, list[str]]
         deps = [bid]
     needs: dict[str, list[str]] = {}
     seen: set[str] = set()
+    by_source: dict[str, list[str]] = {}  # a source that several recipes share is split and identified once
     for corpus_name, corpus in c.corpora.items():
         needs[corpus_name] = []
         srcs = corpus_sources(corpus)
         for sname, src in srcs.items():
-            files = input_files(src) if is_file_source(src) else []
+            file_source = is_file_source(src)
+            key = json.dumps([source_spec_key(src) if file_source else "", shard_reader_key(src)], default=str)
+            if key in by_source:
+                needs[corpus_name] += by_source[key]
+                continue
+            files = input_files(src) if file_source else []
             groups = split_files(files, max(1, cfg.tokenize.max_tasks)) or [[]]
             label = corpus_name if str(corpus.source) != "mixture" else sname
+            by_source[key] = []
             for i, group in enumerate(groups):
                 tid = units.tokenize_unit_id(cfg.tokenizer, tok_corpora, src, group)
                 needs[corpus_name].append(tid)
+                by_source[key].append(tid)
                 if tid in seen:
                     continue
                 seen.add(tid)

@@ -242,11 +242,18 @@ def evaluate_computation(evaluate: EvaluateConfig) -> dict:
     """What else determines an evaluation's numbers: the installed lm-eval's version and the ``metadata.version`` of
     each embedded task it runs (a team's task folder enters by its files' identity; a registry task by lm-eval's
     version). Read from package metadata and the task YAMLs: lm-eval is not imported."""
-    from proxy_exp.evaluate.task_data import available_tasks, embedded_task_yaml
+    from proxy_exp.evaluate.task_data import available_tasks
 
     embedded = sorted(set(evaluate.tasks) & set(available_tasks()))
-    return {"lm_eval": _lm_eval_version(),
-            "tasks": {t: str((embedded_task_yaml(t).get("metadata") or {}).get("version")) for t in embedded}}
+    return {"lm_eval": _lm_eval_version(), "tasks": {t: _embedded_task_version(t) for t in embedded}}
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_task_version(task: str) -> str:
+    """An embedded task's ``metadata.version`` (read once per process: a plan asks for it per evaluate unit)."""
+    from proxy_exp.evaluate.task_data import embedded_task_yaml
+
+    return str((embedded_task_yaml(task).get("metadata") or {}).get("version"))
 
 
 @functools.lru_cache(maxsize=1)
