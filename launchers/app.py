@@ -1,9 +1,12 @@
 """What every entry point shares: offline environment, schema re-validation, readable errors."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import sys
 import traceback
+import typing
 from typing import Any, Callable, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,14 +19,51 @@ CONF_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf")
 
 
 def to_job(cfg: DictConfig, cls: type[T]) -> T:
-    """Re-validate against the schema (catches `+key=` additions that Hydra lets through) and build the dataclass."""
+    """Re-validate against the schema (catches `+key=` additions that Hydra lets through) and build the dataclass.
+
+    A config that Hydra composed on the schema (``defaults: [<cls>_schema]``) has had every value validated and
+    converted; what it may still hold is a key that ``+key=`` added, which :func:`unknown_keys` finds in the plain
+    container. Only then is it merged into the schema again, to raise OmegaConf's own error naming the key (the merge
+    costs a second on a 25-recipe campaign, whose status must answer in a few seconds)."""
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     if isinstance(container, dict):
         container.pop("hydra", None)
-    merged = OmegaConf.merge(OmegaConf.structured(cls), container)
-    job = OmegaConf.to_object(merged)
+    if OmegaConf.get_type(cfg) is cls and not unknown_keys(container, cls):
+        job = OmegaConf.to_object(cfg)
+        if isinstance(job, dict):  # a composed config that still holds Hydra's node
+            job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), container))
+    else:
+        job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), container))
     validate_job(job)
     return job  # type: ignore[return-value]
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def unknown_keys(value: Any, tp: Any, where: str = "") -> list[str]:
+    """Dotted names of the keys of the plain ``value`` that its schema type ``tp`` does not declare (dataclasses
+    inside dicts, lists and Optional followed; ``Any`` and plain dicts accept any key)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return unknown_keys(value, args[0], where) if len(args) == 1 else []
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        fields = _field_types(tp)
+        out = []
+        for k, v in value.items():
+            name = f"{where}.{k}" if where else str(k)
+            out += unknown_keys(v, fields[k], name) if k in fields else [name]
+        return out
+    if origin is dict and isinstance(value, dict):
+        vt = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return [bad for k, v in value.items() for bad in unknown_keys(v, vt, f"{where}.{k}" if where else str(k))]
+    if origin in (list, tuple) and isinstance(value, list):
+        vt = typing.get_args(tp)[0] if typing.get_args(tp) else Any
+        return [bad for i, v in enumerate(value) for bad in unknown_keys(v, vt, f"{where}[{i}]")]
+    return []
 
 
 def validate_job(job: Any) -> None:

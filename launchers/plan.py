@@ -123,8 +123,10 @@ def _plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
     tok_corpora = tokenizer_sample(cfg)
     roles = [("proxy", size, c.seeds) for size in c.proxy_sizes] + [("target", c.target_size, c.target_seeds)]
     pretrain = {role: _pretrain_for(cfg, role) for role in ("proxy", "target")}  # one OmegaConf merge, not one a unit
+    corpus_ids = {name: units.corpus_identity(corpus) for name, corpus in c.corpora.items()}  # once per corpus
     for role, size, seeds in roles:
         for corpus_name, corpus in c.corpora.items():
+            identity = None  # what determines the result but the seed: made once for all seeds
             for seed in seeds:
                 tcfg = TrainJobConfig(model=copy.deepcopy(c.sizes[size]), tokenizer=copy.deepcopy(cfg.tokenizer),
                                       corpus=copy.deepcopy(corpus),
@@ -132,8 +134,10 @@ def _plan_campaign(cfg: CampaignJobConfig) -> list[Unit]:
                                       pretrain=copy.deepcopy(pretrain[role]), seed=seed, tracking=cfg.tracking,
                                       paths=cfg.paths, campaign=c.name, tokenize=copy.deepcopy(cfg.tokenize))
                 tcfg.model.name = size
-                tid = units.train_unit_id(tcfg.model, tcfg.tokenizer, tcfg.tokenizer_corpora, tcfg.corpus,
-                                          tcfg.pretrain, seed)
+                if identity is None:
+                    identity = units.train_identity(tcfg.model, tcfg.tokenizer, tcfg.tokenizer_corpora, tcfg.corpus,
+                                                    tcfg.pretrain, corpus_ids[corpus_name])
+                tid = units.train_unit_id_of(identity, seed)
                 tcfg.unit_id = tid
                 tcfg.tags = {"role": role, "name": f"train {corpus_name} {size} s{seed}"}
                 if role == "proxy" and c.in_loop_score_every > 0:

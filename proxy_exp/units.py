@@ -71,12 +71,22 @@ def stable_id(kind: str, payload: Any) -> str:
 
 def train_unit_id(model: ModelConfig, tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, CorpusConfig],
                   corpus: CorpusConfig, pretrain: PretrainConfig, seed: int) -> str:
+    return train_unit_id_of(train_identity(model, tokenizer, tokenizer_corpora, corpus, pretrain), seed)
+
+
+def train_identity(model: ModelConfig, tokenizer: TokenizerConfig, tokenizer_corpora: dict[str, CorpusConfig],
+                   corpus: CorpusConfig, pretrain: PretrainConfig, corpus_id: dict | None = None) -> dict:
+    """What determines a training unit's result but its seed (a plan makes it once for all seeds). ``corpus_id``:
+    :func:`corpus_identity` of ``corpus`` when already made (a plan makes it once per corpus)."""
     # training builds fp32 master weights whatever model.dtype says (pretrain.precision sets the compute dtype)
-    return stable_id("train", {
-        "model": _result_fields(model) | {"dtype": "float32"}, **tokenizer_identity(tokenizer, tokenizer_corpora),
-        "corpus": corpus_identity(corpus) | {"name": corpus.name}, "pretrain": _result_fields(pretrain), "seed": seed,
-        "data_order": DATA_ORDER_VERSION,
-    })
+    return {"model": _result_fields(model) | {"dtype": "float32"}, **tokenizer_identity(tokenizer, tokenizer_corpora),
+            "corpus": (corpus_identity(corpus) if corpus_id is None else corpus_id) | {"name": corpus.name},
+            "pretrain": _result_fields(pretrain), "data_order": DATA_ORDER_VERSION}
+
+
+def train_unit_id_of(identity: dict, seed: int) -> str:
+    """The id of the training unit of :func:`train_identity` ``identity`` and ``seed``."""
+    return stable_id("train", {**identity, "seed": seed})
 
 
 _INPUT_MEMO: dict[str, str] | None = None

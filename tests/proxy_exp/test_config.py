@@ -41,8 +41,17 @@ def test_every_group_option_composes(compose_cfg, group, option):
         overrides.append("traces.paths=[/tmp/t.jsonl]")
     if group == "tokenizer" and option == "pretrained":
         overrides.append("tokenizer.path=/tmp/tok")
-    job = app.to_job(compose_cfg(entry, overrides), ENTRY[entry])
+    cfg = compose_cfg(entry, overrides)
+    job = app.to_job(cfg, ENTRY[entry])
     assert isinstance(job, ENTRY[entry])
+    assert job == _merged(cfg, ENTRY[entry])  # to_job's fast path builds what the full re-validation builds
+
+
+def _merged(cfg, cls):
+    """The job as a full merge into the schema builds it (to_job's path for a config that needs it)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.to_container(cfg, resolve=True)))
 
 
 def test_campaign_groups_fill_typed_dicts(compose_cfg):
@@ -66,6 +75,16 @@ def test_appended_key_is_caught_by_revalidation(compose_cfg):
     cfg = compose_cfg("train", ["+pretrain.lrr=1"])  # Hydra lets `+key` through ...
     with pytest.raises(ConfigKeyError, match="lrr"):  # ... the schema re-validation does not
         app.to_job(cfg, C.TrainJobConfig)
+
+
+def test_appended_key_deep_in_typed_dicts_and_lists_is_caught(compose_cfg):
+    for added, name in (("+campaign.corpora.wiki20.mix.wiki.wieght=1", "wieght"),
+                        ("+campaign.sizes.xs.n_lyr=2", "n_lyr"), ("+campaign.bogus=1", "bogus")):
+        cfg = compose_cfg("campaign", [added])
+        assert [k.rsplit(".", 1)[-1] for k in app.unknown_keys(
+            app.OmegaConf.to_container(cfg, resolve=True), C.CampaignJobConfig)] == [name]
+        with pytest.raises(ConfigKeyError, match=name):
+            app.to_job(cfg, C.CampaignJobConfig)
 
 
 def test_wrong_type_fails_with_key(compose_cfg):
