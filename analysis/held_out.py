@@ -21,6 +21,7 @@ decisions (they share corpora, so it is optimistic about independence; the note 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Sequence
@@ -59,12 +60,20 @@ def choose(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str
     return _greedy(held_in, truth, k, prefer)[-1]
 
 
+@functools.lru_cache(maxsize=16)
+def _tie_ranks(names: tuple[str, ...], prefer: tuple[str, ...]) -> np.ndarray:
+    """Each name's place in the tie order: the names of ``prefer`` (in its order), then the others by name."""
+    order = sorted(names, key=lambda n: (n not in prefer, prefer.index(n) if n in prefer else 0, n))
+    rank_of = {name: i for i, name in enumerate(order)}
+    out = np.array([rank_of[n] for n in names])
+    out.flags.writeable = False
+    return out
+
+
 def _greedy(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str]) -> list[Choice]:
     """The choice after each step of :func:`choose`'s greedy search (the first is the single best proxy)."""
     names = list(held_in.columns)
-    rank_of = {name: i for i, name in enumerate(sorted(names, key=lambda n: (n not in prefer,
-                                                                               list(prefer).index(n) if n in prefer
-                                                                               else 0, n)))}
+    rank = _tie_ranks(tuple(names), tuple(prefer))
     x = held_in.to_numpy(dtype=float)
     t = truth.loc[held_in.index].to_numpy(dtype=float)
     mean, std = _zstats(x)
@@ -73,17 +82,20 @@ def _greedy(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[st
     steps = []
     best_key: tuple = (-np.inf,)
     for _ in range(k):
-        candidates = [j for j in range(len(names)) if j not in chosen]
-        if not candidates:
+        candidates = np.array([j for j in range(len(names)) if j not in chosen], dtype=int)
+        if not len(candidates):
             break
-        combos = np.stack([z[:, chosen + [j]].mean(axis=1) for j in candidates], axis=1)
+        # the mean z-score of the chosen proxies and each candidate, all candidates at once (summed in the order
+        # chosen..., candidate: the same floats as z[:, chosen + [j]].mean(axis=1))
+        combos = ((z[:, chosen].sum(axis=1, keepdims=True) if chosen else 0.0) + z[:, candidates]) / (len(chosen) + 1)
         da, rho = _da_and_rho(combos, t)
-        keys = [(np.nan_to_num(d, nan=-1.0), np.nan_to_num(r, nan=-2.0)) for d, r in zip(da, rho)]
-        i = min(range(len(candidates)), key=lambda i: (tuple(-v for v in keys[i]), rank_of[names[candidates[i]]]))
-        if chosen and keys[i] <= best_key:  # adding a proxy must improve the held-in fit
+        da, rho = np.nan_to_num(da, nan=-1.0), np.nan_to_num(rho, nan=-2.0)
+        i = int(np.lexsort((rank[candidates], -rho, -da))[0])  # highest da, then rho, then the tie rank
+        key = (float(da[i]), float(rho[i]))
+        if chosen and key <= best_key:  # adding a proxy must improve the held-in fit
             break
-        chosen.append(candidates[i])
-        best_key = keys[i]
+        chosen.append(int(candidates[i]))
+        best_key = key
         steps.append(Choice(tuple(names[j] for j in chosen), mean[chosen], std[chosen], float(best_key[0])))
     return steps or [Choice((), mean[[]], std[[]], float(best_key[0]))]
 

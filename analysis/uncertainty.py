@@ -63,23 +63,35 @@ def _seed_picks(n_pred: int, n_truth: int, n_boot: int, seed: int) -> tuple[np.n
     return s_idx, t_idx
 
 
-def _da_and_rho_by_column(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_da_and_rho` of each column of ``pred`` [corpus, k] against the same column of ``truth`` [corpus, k]
-    (k resamples at once): decision accuracy as :func:`analysis.decisions.pairwise_decision_accuracy` (pairs tied in
-    the truth skipped, ties in the prediction 1/2; NaN where no pair is decided) and Spearman's rho."""
-    i, j = np.triu_indices(pred.shape[0], k=1)
-    sign_p, sign_t = np.sign(pred[i] - pred[j]), np.sign(truth[i] - truth[j])
-    decided = sign_t != 0
-    score = np.where(sign_p == 0, 0.5, (sign_p == sign_t).astype(float)) * decided
-    n = decided.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        da = np.where(n > 0, score.sum(axis=0) / np.maximum(n, 1), np.nan)
-    rp, rt = rankdata(pred, axis=0), rankdata(truth, axis=0)
-    rp, rt = rp - rp.mean(axis=0), rt - rt.mean(axis=0)
-    denom = np.sqrt((rp ** 2).sum(axis=0) * (rt ** 2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(denom > 0, (rp * rt).sum(axis=0) / denom, np.nan)
-    return da, rho
+class _ResampledTruth:
+    """The target's resampled rankings [corpus, resample], with what every method compared against them shares:
+    the sign of each corpus pair in each resample, the number of decided pairs, and the centred ranks."""
+
+    def __init__(self, t_res: np.ndarray):
+        self.i, self.j = np.triu_indices(t_res.shape[0], k=1)
+        self.sign = np.sign(t_res[self.i] - t_res[self.j])  # [pair, resample]; 0: tied in the truth
+        self.decided = (self.sign != 0).sum(axis=0)  # [resample]
+        rt = rankdata(t_res, axis=0)
+        self.rank = rt - rt.mean(axis=0)
+        self.rank_ss = (self.rank ** 2).sum(axis=0)
+
+    def da_and_rho(self, p_res: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_da_and_rho` of ``p_res`` [corpus, resample, method] against the truth of the same resample:
+        (da, rho), each [resample, method]. Decision accuracy as
+        :func:`analysis.decisions.pairwise_decision_accuracy` (pairs tied in the truth skipped, ties in the
+        prediction 1/2, NaN where no pair is decided): with signs in {-1, 0, 1}, a decided pair scores
+        (1 + sign_p * sign_t) / 2, an undecided one has sign_t = 0, so the accuracy is (n + sum sign_p * sign_t) / 2n."""
+        sign_p = np.sign(p_res[self.i] - p_res[self.j])  # [pair, resample, method]
+        agree = np.einsum("prm,pr->rm", sign_p, self.sign)
+        n = self.decided[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            da = np.where(n > 0, (agree + n) / (2 * np.maximum(n, 1)), np.nan)
+        rp = rankdata(p_res, axis=0)
+        rp = rp - rp.mean(axis=0)
+        denom = np.sqrt((rp ** 2).sum(axis=0) * self.rank_ss[:, None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(denom > 0, np.einsum("crm,cr->rm", rp, self.rank) / denom, np.nan)
+        return da, rho
 
 
 def _intervals(das: list, rhos: list, alpha: float) -> dict[str, np.ndarray]:
@@ -162,15 +174,14 @@ def seed_bootstrap_many(preds: Sequence[pd.DataFrame], lower_is_better: Sequence
     for (corpora, n_seeds), members in groups.items():
         truth = truth_by_seed.loc[list(corpora)].to_numpy(float) * (-1.0 if truth_lower_is_better else 1.0)
         s_idx, t_idx = _seed_picks(n_seeds, truth.shape[1], int(n_boot), seed)
-        t_res = truth[:, t_idx].mean(axis=2)  # [corpus, resample]
+        resampled = _ResampledTruth(truth[:, t_idx].mean(axis=2))  # [corpus, resample]
         for lo in range(0, len(members), chunk):
             part = members[lo:lo + chunk]
             pred = np.stack([preds[i].loc[list(corpora)].to_numpy(float) * (-1.0 if lower_is_better[i] else 1.0)
                              for i in part], axis=2)  # [corpus, seed, method]
             p_res = pred[:, s_idx, :].mean(axis=2)  # [corpus, resample, method]
-            da, rho = _da_and_rho_by_column(p_res.reshape(len(corpora), -1),
-                                            np.repeat(t_res, len(part), axis=1))
-            bounds = _intervals(da.reshape(-1, len(part)), rho.reshape(-1, len(part)), alpha)
+            da, rho = resampled.da_and_rho(p_res)
+            bounds = _intervals(da, rho, alpha)
             for j, i in enumerate(part):
                 out[i] = {k: float(v[j]) for k, v in bounds.items()}
     return out
