@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.decisions import decision_accuracy_seeds, oriented_rank_correlations, rank_correlations, ranks
+from analysis.decisions import (decision_accuracy_seeds, oriented_rank_correlations, pairwise_decision_accuracy,
+                                rank_correlations, ranks)
 from analysis.held_out import held_out_selection
 from analysis.pareto import pareto_frontier
 from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, seed_bootstrap_many, trace_seed_bootstrap
@@ -211,10 +212,10 @@ def _checkpoint_rows(checkpoints: pd.DataFrame, scores: pd.DataFrame, keys: list
         by_seeds = [wide[key].dropna() for key, _, _ in present]
         cis = seed_bootstrap_many(by_seeds, [low for _, _, low in present], truth_by_seed, truth_lower, n_boot,
                                   boot_seed)  # all proxies of the checkpoint resampled together
-        for (key, method, low), by_seed, ci in zip(present, by_seeds, cis):
+        evaluated = _evaluate_methods(by_seeds, truth, [low for _, _, low in present], truth_lower)
+        for (key, method, low), ev, ci in zip(present, evaluated, cis):
             rows.append({"method": method, "family": "ce" if method == ce_proxy else "proxy", "size": label_size,
-                         "label": f"{method} @ {label_size}", "compute": compute,
-                         **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
+                         "label": f"{method} @ {label_size}", "compute": compute, **ev, **ci})
     if not rows:
         notes.append("checkpoints were given but no checkpoint step is shared by every proxy run of a size")
     return rows
@@ -274,6 +275,45 @@ def _evaluate_method(by_seed: pd.DataFrame, truth: pd.Series, lower: bool, truth
             "decision_accuracy_per_seed_mean": da["decision_accuracy_per_seed_mean"],
             "spearman": rc["spearman"], "kendall": rc["kendall"], "n_corpora": len(common),
             "n_seeds": by_seed.shape[1]}
+
+
+def _evaluate_methods(by_seeds: list[pd.DataFrame], truth: pd.Series, lowers: list[bool],
+                      truth_lower: bool) -> list[dict]:
+    """:func:`_evaluate_method` of each of ``by_seeds`` (corpus x seed frames), the same numbers: methods over the
+    same corpora and seeds (the 80 proxies of a size or checkpoint) are ranked in one array; a group with a NaN, a
+    repeated corpus or fewer than 2 corpora in common with the truth goes through :func:`_evaluate_method` (its
+    checks raise the same errors)."""
+    out: list[dict | None] = [None] * len(by_seeds)
+    groups: dict[tuple, list[int]] = {}
+    for i, b in enumerate(by_seeds):
+        groups.setdefault((tuple(b.index), tuple(b.columns)), []).append(i)
+    t_all = truth.astype(float)
+    for (index, _), members in groups.items():
+        first = by_seeds[members[0]]
+        common = first.index.intersection(truth.index)
+        rows = first.index.get_indexer(common)
+        vals = np.stack([by_seeds[i].to_numpy(dtype=float)[rows] for i in members], axis=2)  # [corpus, seed, method]
+        t = t_all.loc[common].to_numpy(dtype=float)
+        if (len(common) < 2 or first.index.duplicated().any() or truth.index.duplicated().any()
+                or np.isnan(vals).any() or np.isnan(t).any()):
+            for i in members:
+                out[i] = _evaluate_method(by_seeds[i], truth, lowers[i], truth_lower)
+            continue
+        sign = np.where([lowers[i] for i in members], -1.0, 1.0)
+        mean = vals.mean(axis=1) * sign  # [corpus, method], oriented
+        seeds = vals * sign  # [corpus, seed, method]
+        t = -t if truth_lower else t
+        n_seeds = vals.shape[1]
+        # per method: its seed mean's column, then one column per seed (decision_accuracy_seeds's layout)
+        stacked = np.concatenate([mean[:, None, :], seeds], axis=1).reshape(len(common), -1, order="F")
+        scores = pairwise_decision_accuracy(stacked, t).reshape(len(members), n_seeds + 1)
+        for m, i in enumerate(members):
+            rc = oriented_rank_correlations(mean[:, m], t)
+            out[i] = {"decision_accuracy": float(scores[m, 0]),
+                      "decision_accuracy_per_seed_mean": float(np.mean([float(v) for v in scores[m, 1:]])),
+                      "spearman": rc["spearman"], "kendall": rc["kendall"], "n_corpora": len(common),
+                      "n_seeds": n_seeds}
+    return out  # type: ignore[return-value]
 
 
 def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce_proxy: str = "ce/uniform",
@@ -420,14 +460,15 @@ def _proxy_rows(size: str, sub: pd.DataFrame, keys: list[str], names: list[str],
         except ValueError as e:
             notes.append(f"no trace bootstrap at {size}: {e}")
     rows, oriented = [], {}
-    for key, method, low in zip(keys, names, lower):
-        by_seed = _by_seed(sub, key, size, notes)
-        ci = (cis.loc[method].to_dict() if cis is not None else
-              seed_bootstrap(by_seed, low, truth_by_seed, truth_lower, n_boot, boot_seed))
+    by_seeds = [_by_seed(sub, key, size, notes) for key in keys]
+    if cis is None:  # CIs over seeds, all proxies resampled together
+        seed_cis = seed_bootstrap_many(by_seeds, lower, truth_by_seed, truth_lower, n_boot, boot_seed)
+    for m, (method, low, by_seed, ev) in enumerate(zip(names, lower, by_seeds,
+                                                        _evaluate_methods(by_seeds, truth, lower, truth_lower))):
+        ci = cis.loc[method].to_dict() if cis is not None else seed_cis[m]
         compute = _compute(sub, K.FLOPS_SCORE, by_seed.index, target_flops)
         rows.append({"method": method, "family": "ce" if method == ce_proxy else "proxy", "size": size,
-                     "label": f"{method} @ {size}", "compute": compute,
-                     **_evaluate_method(by_seed, truth, low, truth_lower), **ci})
+                     "label": f"{method} @ {size}", "compute": compute, **ev, **ci})
         oriented[method] = -by_seed.mean(axis=1) if low else by_seed.mean(axis=1)
     return rows + _held_out_rows(pd.DataFrame(oriented), -truth if truth_lower else truth, size, compute, n_boot,
                                  boot_seed, notes, prefer=[primary_proxy])

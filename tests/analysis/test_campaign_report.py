@@ -160,3 +160,32 @@ def test_a_campaign_scored_in_two_precisions_says_so(report):
     assert notes == [f"the score runs mixed precisions (3 in bfloat16, {n_score - 3} in float32): their results are "
                      "compared across dtypes; set campaign.sizes.<size>.dtype (e.g. bfloat16): the score and "
                      "evaluate units then get new ids and run again, all in that precision"]
+
+
+def test_methods_ranked_together_give_each_methods_own_numbers():
+    """_evaluate_methods (80 proxies of a checkpoint in one array) against _evaluate_method one by one: the same
+    numbers, bit for bit, with ties, both directions, a method over other corpora, one with a NaN (falls back and
+    raises the same error) and one sharing fewer than 2 corpora with the truth."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from analysis.campaign_report import _evaluate_method, _evaluate_methods
+
+    rng = np.random.default_rng(3)
+    corpora = [f"c{i}" for i in range(9)]
+    truth = pd.Series(rng.normal(size=9).round(1), index=corpora)  # rounded: ties in the truth
+    frames = [pd.DataFrame(rng.normal(size=(9, 3)).round(1), index=corpora, columns=[0, 1, 2]) for _ in range(12)]
+    frames.append(frames[0].iloc[2:].copy())  # other corpora
+    frames.append(frames[1].iloc[:, :1].copy())  # one seed
+    frames.append(pd.DataFrame({0: [1.0, 2.0]}, index=["c0", "x"]))  # one corpus in common
+    lowers = [bool(i % 2) for i in range(len(frames))]
+    for truth_lower in (False, True):
+        got = _evaluate_methods(frames, truth, lowers, truth_lower)
+        want = [_evaluate_method(f, truth, low, truth_lower) for f, low in zip(frames, lowers)]
+        assert len(got) == len(want)
+        assert all(pd.Series(g).equals(pd.Series(w)) for g, w in zip(got, want))  # NaN where NaN, else equal
+    bad = frames[2].copy()
+    bad.iloc[0, 1] = np.nan
+    with pytest.raises(ValueError, match="lack a value"):
+        _evaluate_methods([frames[0], bad], truth, [False, False], False)
