@@ -73,16 +73,21 @@ def _tie_ranks(names: tuple[str, ...], prefer: tuple[str, ...]) -> np.ndarray:
 def _greedy(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[str]) -> list[Choice]:
     """The choice after each step of :func:`choose`'s greedy search (the first is the single best proxy)."""
     names = list(held_in.columns)
-    rank = _tie_ranks(tuple(names), tuple(prefer))
-    x = held_in.to_numpy(dtype=float)
-    t = truth.loc[held_in.index].to_numpy(dtype=float)
+    steps = _greedy_arrays(held_in.to_numpy(dtype=float), truth.loc[held_in.index].to_numpy(dtype=float), k,
+                           _tie_ranks(tuple(names), tuple(prefer)))
+    return [Choice(tuple(names[j] for j in chosen), mean, std, da) for chosen, mean, std, da in steps]
+
+
+def _greedy_arrays(x: np.ndarray, t: np.ndarray, k: int, rank: np.ndarray) -> list[tuple]:
+    """:func:`_greedy` on arrays: ``x`` [corpus, proxy] oriented, ``t`` [corpus], ``rank`` each proxy's tie rank;
+    each step as (chosen columns, their held-in mean, std, held-in decision accuracy)."""
     mean, std = _zstats(x)
     z = (x - mean) / std
     chosen: list[int] = []
     steps = []
     best_key: tuple = (-np.inf,)
     for _ in range(k):
-        candidates = np.array([j for j in range(len(names)) if j not in chosen], dtype=int)
+        candidates = np.array([j for j in range(x.shape[1]) if j not in chosen], dtype=int)
         if not len(candidates):
             break
         # the mean z-score of the chosen proxies and each candidate, all candidates at once (summed in the order
@@ -96,8 +101,8 @@ def _greedy(held_in: pd.DataFrame, truth: pd.Series, k: int, prefer: Sequence[st
             break
         chosen.append(int(candidates[i]))
         best_key = key
-        steps.append(Choice(tuple(names[j] for j in chosen), mean[chosen], std[chosen], float(best_key[0])))
-    return steps or [Choice((), mean[[]], std[[]], float(best_key[0]))]
+        steps.append((list(chosen), mean[chosen], std[chosen], float(best_key[0])))
+    return steps or [([], mean[[]], std[[]], float(best_key[0]))]
 
 
 @dataclass
@@ -120,19 +125,25 @@ def held_out_selection(oriented: pd.DataFrame, truth: pd.Series, k: int = 3, n_b
     if len(corpora) < 4:
         raise ValueError(f"held-out proxy selection needs >= 4 corpora (held-in pairs to choose on); got "
                          f"{len(corpora)}: {corpora}")
-    oriented = oriented.loc[corpora]
-    truth = truth.loc[corpora].astype(float)
+    names = list(oriented.columns)
+    x = oriented.loc[corpora].to_numpy(dtype=float)
+    t = truth.loc[corpora].to_numpy(dtype=float)
+    rank = _tie_ranks(tuple(names), tuple(prefer))
+    where = {c: i for i, c in enumerate(corpora)}
     rows = []
     for a, b in (splits if splits is not None else combinations(corpora, 2)):
-        if truth[a] == truth[b]:
+        ia, ib = where[a], where[b]
+        if t[ia] == t[ib]:
             continue  # no winner to predict
-        held_in = [c for c in corpora if c not in (a, b)]
-        steps = _greedy(oriented.loc[held_in], truth.loc[held_in], k, prefer)
-        for method, choice in (("single best (held out)", steps[0]), (f"{k}-sparse (held out)", steps[-1])):
-            pred = choice.predict(oriented.loc[[a, b]])
-            score = float(pairwise_decision_accuracy(pred[:, None], truth.loc[[a, b]].to_numpy())[0])
-            rows.append({"method": method, "held_out": f"{a}|{b}", "correct": score, "chosen": "+".join(choice.proxies),
-                         "held_in_da": choice.held_in_da})
+        held_in = np.ones(len(corpora), dtype=bool)
+        held_in[[ia, ib]] = False
+        steps = _greedy_arrays(x[held_in], t[held_in], k, rank)  # the choice sees the held-in rows only
+        for method, (chosen, mean, std, held_in_da) in (("single best (held out)", steps[0]),
+                                                        (f"{k}-sparse (held out)", steps[-1])):
+            pred = ((x[[ia, ib]][:, chosen] - mean) / std).mean(axis=1)  # Choice.predict on the held-out pair
+            score = float(pairwise_decision_accuracy(pred[:, None], t[[ia, ib]])[0])
+            rows.append({"method": method, "held_out": f"{a}|{b}", "correct": score,
+                         "chosen": "+".join(names[j] for j in chosen), "held_in_da": held_in_da})
     decisions = pd.DataFrame(rows, columns=["method", "held_out", "correct", "chosen", "held_in_da"])
     rng = np.random.default_rng(seed)
     table = []
