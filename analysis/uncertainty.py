@@ -38,11 +38,24 @@ def percentile_interval(samples, alpha: float = 0.05, axis: int = 0):
     return lo, hi
 
 
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """``scipy.stats.rankdata(a, axis=0)`` (average ranks), from one stable argsort where no column holds a tie or a
+    NaN (then every rank is its sorted position); scipy's own where one does."""
+    order = np.argsort(a, axis=0, kind="stable")
+    ordered = np.take_along_axis(a, order, axis=0)
+    if a.shape[0] < 2 or np.isnan(ordered[-1]).any() or (ordered[1:] == ordered[:-1]).any():
+        return rankdata(a, axis=0)
+    out = np.empty(a.shape, dtype=float)
+    positions = np.arange(1.0, a.shape[0] + 1).reshape((-1,) + (1,) * (a.ndim - 1))
+    np.put_along_axis(out, order, np.broadcast_to(positions, a.shape), axis=0)
+    return out
+
+
 def _da_and_rho(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """pred [corpus, proxy] oriented (higher better), truth [corpus] oriented -> (da [proxy], rho [proxy])."""
     da = pairwise_decision_accuracy(pred, truth)
-    rp = rankdata(pred, axis=0)
-    rt = rankdata(truth)
+    rp = _ranks(pred)
+    rt = _ranks(truth)
     rp = rp - rp.mean(axis=0)
     rt = rt - rt.mean()
     denom = np.sqrt((rp ** 2).sum(axis=0) * (rt ** 2).sum())
@@ -71,7 +84,7 @@ class _ResampledTruth:
         self.i, self.j = np.triu_indices(t_res.shape[0], k=1)
         self.sign = np.sign(t_res[self.i] - t_res[self.j])  # [pair, resample]; 0: tied in the truth
         self.decided = (self.sign != 0).sum(axis=0)  # [resample]
-        rt = rankdata(t_res, axis=0)
+        rt = _ranks(t_res)
         self.rank = rt - rt.mean(axis=0)
         self.rank_ss = (self.rank ** 2).sum(axis=0)
 
@@ -86,7 +99,7 @@ class _ResampledTruth:
         n = self.decided[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             da = np.where(n > 0, (agree + n) / (2 * np.maximum(n, 1)), np.nan)
-        rp = rankdata(p_res, axis=0)
+        rp = _ranks(p_res)
         rp = rp - rp.mean(axis=0)
         denom = np.sqrt((rp ** 2).sum(axis=0) * self.rank_ss[:, None])
         with np.errstate(invalid="ignore", divide="ignore"):

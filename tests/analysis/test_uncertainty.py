@@ -79,3 +79,17 @@ def test_percentile_interval_of_a_mean_is_the_normal_one_and_skips_nan():
     with pytest.raises(ValueError, match="alpha"):
         percentile_interval(means, alpha=1.5)
 
+
+
+def test_ranks_are_scipys_average_ranks():
+    from scipy.stats import rankdata
+
+    from analysis.uncertainty import _ranks
+
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(25, 40, 6))
+    tied = rng.integers(0, 4, size=(9, 30)).astype(float)
+    with_nan = distinct[:, :, 0].copy()
+    with_nan[3, 7] = np.nan
+    for a in (distinct, tied, with_nan, distinct[:, 0, 0], np.array([[1.0, 2.0]])):
+        assert np.array_equal(_ranks(a), rankdata(a, axis=0), equal_nan=True)
