@@ -19,7 +19,7 @@ from analysis.decisions import (decision_accuracy_seeds, oriented_rank_correlati
 from analysis.held_out import held_out_selection
 from analysis.pareto import pareto_frontier
 from analysis.uncertainty import CI_COLUMNS, seed_bootstrap, seed_bootstrap_many, trace_seed_bootstrap
-from proxy_exp.config import LOWER_IS_BETTER, STATISTICS, WEIGHTINGS
+from proxy_exp.config import LOGPROB_PER_CHAR, LOWER_IS_BETTER, STATISTICS, WEIGHTINGS
 from proxy_exp.evaluate.metrics import (HIGHER_IS_BETTER_PARAM, OWN_HIGHER_IS_BETTER, check_metric_name,
                                        default_direction, direction_of)
 from proxy_exp.tracking import keys as K
@@ -317,7 +317,7 @@ def _evaluate_methods(by_seeds: list[pd.DataFrame], truth: pd.Series, lowers: li
 
 
 def campaign_decisions(frame: pd.DataFrame, primary_proxy: str = "top5/freq", ce_proxy: str = "ce/uniform",
-                       truth_metric: str = "logprob_per_char", table_size: str | None = None,
+                       truth_metric: str = LOGPROB_PER_CHAR, table_size: str | None = None,
                        per_trace: dict | None = None, n_boot: int = 500, boot_seed: int = 0,
                        checkpoints: pd.DataFrame | None = None,
                        truth_higher_is_better: bool | None = None) -> CampaignReport:

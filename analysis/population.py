@@ -29,7 +29,7 @@ from analysis.runs import TAG
 from analysis.selection import (CE_PROXY, PROXY_COLUMNS, TRUTH_COLUMNS, _spearman, ce_baseline, k_sparse,
                                 leave_k_tasks_out, ranksvm, single_best, summarise_cv, validate_inputs)
 from analysis.uncertainty import percentile_interval
-from proxy_exp.config import EvaluateConfig
+from proxy_exp.config import LOGPROB_PER_CHAR, EvaluateConfig
 from proxy_exp.evaluate.metrics import HIGHER_IS_BETTER_PARAM, N_DOCS, default_direction, direction_of
 from proxy_exp.tracking import keys
 
@@ -115,7 +115,7 @@ def resolve_task_map(truth_tasks, trace_tasks, task_map: Optional[Mapping[str, s
     return {t: task_map.get(t, t if t in trace_tasks else OVERALL) for t in sorted(truth_tasks)}
 
 
-def population_from_runs(runs: pd.DataFrame, truth_metric: str = "logprob_per_char",
+def population_from_runs(runs: pd.DataFrame, truth_metric: str = LOGPROB_PER_CHAR,
                          task_map: Optional[Mapping[str, str]] = None,
                          truth_csv: Optional[str] = None, traces: str = "", evaluate_limit: int = -1,
                          trace_tasks: Optional[list] = None) -> Population:

@@ -15,7 +15,7 @@ import os
 
 import pandas as pd
 
-from proxy_exp.config import AnalysisConfig, TrackingConfig
+from proxy_exp.config import LOGPROB_PER_CHAR, AnalysisConfig, TrackingConfig
 from proxy_exp.files import tmp_name
 from proxy_exp.tracking import Run, keys, query
 
@@ -38,14 +38,23 @@ def _log_analysis(tcfg: TrackingConfig, root: str, name: str, unit_id: str, camp
         return run.run_id
 
 
-def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_dir: str, acfg: AnalysisConfig,
-                     truth_metric: str = "logprob_per_char"):
-    """Decisions of every method against the target ranking; tables, plots and an MLflow analyze run."""
+def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_dir: str, acfg: AnalysisConfig):
+    """Decisions of every method against the target ranking; tables, plots and an MLflow analyze run.
+
+    The truth is the metric the campaign was run with, as its parent run records it (tag
+    ``proxy_exp.truth_metric``: the driver's ``evaluate.primary_metric``): ``proxy-campaign`` and a later
+    ``proxy-analyze campaign_name=...`` judge a campaign by the same truth. A parent run without the tag (a campaign
+    from before it) is judged by the default, with a note saying so."""
     from analysis.campaign_report import campaign_decisions, truth_direction_from_runs
     from analysis.history import checkpoint_frame
     from analysis.runs import campaign_frame, campaign_runs
 
     uri = query.configure_reads(tcfg, root)
+    truth_metric = query.run_tags(uri, parent_run_id).get(keys.tag(keys.TRUTH_METRIC))
+    truth_note = "" if truth_metric else (
+        f"truth: the campaign's parent run records no {keys.tag(keys.TRUTH_METRIC)} (a campaign from before it); "
+        f"judged by {LOGPROB_PER_CHAR}, the default")
+    truth_metric = truth_metric or LOGPROB_PER_CHAR
     planned = query.json_artifact(uri, parent_run_id, "plan/units.json")
     if planned is None:
         raise ValueError(f"campaign run {parent_run_id} has no plan/units.json artifact: is it a campaign's parent run?")
@@ -68,6 +77,8 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
                                 truth_metric=truth_metric, per_trace=per_trace, n_boot=acfg.n_boot,
                                 truth_higher_is_better=truth_direction_from_runs(runs, truth_metric, ids),
                                 boot_seed=acfg.seed, checkpoints=checkpoint_frame(uri, frame, artifact_uris))
+    if truth_note:
+        report.notes.append(truth_note)
     out = os.path.join(out_dir, "analysis")
     os.makedirs(out, exist_ok=True)
     files = {}

@@ -194,9 +194,11 @@ def _parent_run(cfg: CampaignJobConfig, plan: list[Unit], cdir: str) -> Run:
     root = resolve_root(cfg.paths)
     id_file = os.path.join(cdir, "parent_run_id")
     tags = keys.unit_tags("campaign", f"campaign-{campaign_key(plan)}", cfg.campaign.name)
+    truth = {keys.tag(keys.TRUTH_METRIC): cfg.evaluate.primary_metric}  # what this driver judges by (analysis reads it)
     with campaign_lock(cdir):
         prev = open(id_file).read().strip() if os.path.exists(id_file) else ""
         run = Run(cfg.tracking, root, f"campaign {cfg.campaign.name}", tags, run_id=prev)
+        run.set_tags(truth)
         if run.run_id != prev:
             tmp = tmp_name(id_file)
             with open(tmp, "w") as f:
@@ -262,8 +264,7 @@ def collect_campaign(cfg: CampaignJobConfig, plan: list[Unit] | None = None):
     root = resolve_root(cfg.paths)
     cdir = campaign_dir(cfg, plan)
     parent = _parent_run(cfg, plan, cdir)
-    report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis,
-                              truth_metric=cfg.evaluate.primary_metric)
+    report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis)
     parent.end("FINISHED")
     print("\n" + report.summary_text())
     return report
@@ -303,8 +304,7 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit]
                         keys.CAMPAIGN_SECONDS: time.time() - t0})
     report = None
     if not outcome.failed and not outcome.skipped:
-        report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis,
-                                  truth_metric=cfg.evaluate.primary_metric)
+        report = analyze_campaign(cfg.tracking, root, parent.run_id, cdir, cfg.analysis)
     parent.end("FINISHED" if report is not None else "FAILED")
     if report is not None:
         print("\n" + report.summary_text())

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Dict, List, Optional
 
+# proxy-exp's own evaluation metric (proxy_exp/evaluate/metrics.py) and the default truth of every analysis: the one
+# place its name is written (a campaign's analysis reads the truth its parent run logged, evaluate.primary_metric)
+LOGPROB_PER_CHAR = "logprob_per_char"
+
 STATISTICS: tuple[str, ...] = (
     "ce", "top1", "top2", "top3", "top5", "entropy", "rank", "recip_rank", "margin", "wrong_conf",
 )
@@ -249,7 +253,7 @@ class EvaluateConfig:
     batch_size: str = "16"
     # the metric of a campaign's truth: any metric that every task reports, named as logged under
     # eval/<task>/<metric> (acc, acc_norm, logprob_per_char, exact_match_strict-match, ...); checked before a run
-    primary_metric: str = "logprob_per_char"
+    primary_metric: str = LOGPROB_PER_CHAR
     num_threads: int = 1
     include_path: str = ""  # an absolute folder of lm-eval task YAMLs (a team's own), searched before the registry
     num_fewshot: Optional[int] = None  # None: each task's own; a task whose YAML pins 0 stays 0-shot (lm-eval's rule)
@@ -361,7 +365,7 @@ class AnalysisConfig:
     # model_selection
     # eval/<task>/<truth_metric> of the evaluate runs: any metric they log (acc, acc_norm, logprob_per_char,
     # exact_match_strict-match, ...); a lower-is-better one (lm-eval's higher_is_better, logged by each run) is negated
-    truth_metric: str = "logprob_per_char"
+    truth_metric: str = LOGPROB_PER_CHAR
     truth_csv: str = ""  # or downstream scores from a CSV: model, task, score (higher = better)
     traces: str = ""  # keep only score runs over this trace set (param traces.name); "" = any
     evaluate_limit: int = -1  # keep only evaluate runs with this evaluate.limit; -1 = any (must then agree)

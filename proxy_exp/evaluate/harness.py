@@ -41,7 +41,7 @@ class EvalOutput:
 
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     mean: dict[str, float] = field(default_factory=dict)
-    primary_metric: str = "logprob_per_char"
+    primary_metric: str = M.LOGPROB_PER_CHAR
     tokens_forward: int = 0
     n_params: int = 0
     flops: float = 0.0

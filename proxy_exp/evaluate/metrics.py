@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
+from proxy_exp.config import LOGPROB_PER_CHAR  # proxy-exp's own metric: higher is better (a log-likelihood)
 from proxy_exp.tracking import keys
 
-LOGPROB_PER_CHAR = "logprob_per_char"  # proxy-exp's own metric: higher is better (a log-likelihood)
 N_DOCS = "n"  # documents scored: a count, not a metric (no direction, never in the mean)
 OWN_HIGHER_IS_BETTER: dict[str, bool] = {LOGPROB_PER_CHAR: True}
 NO_FILTER = "none"

@@ -44,6 +44,10 @@ PARENT_RUN_ID = "mlflow.parentRunId"
 KIND, UNIT_ID, CAMPAIGN, CORPUS, SIZE, ROLE, SEED, TRAIN_UNIT = (
     "kind", "unit_id", "campaign", "corpus", "size", "role", "seed", "train_unit")
 MODEL_DIR, PREEMPTED_AT_STEP = "model_dir", "preempted_at_step"
+# a campaign's parent run: the metric its decisions are judged by (the driver's evaluate.primary_metric, set each time
+# a driver opens the run, so a later proxy-analyze judges by the truth the last driver used; a tag, since params
+# keep their first value)
+TRUTH_METRIC = "truth_metric"
 STEP, TOKENS_SEEN = "step", "tokens_seen"  # a checkpoint's run: the step (and tokens seen) it was saved at
 RUN_KINDS: tuple[str, ...] = ("campaign", "train", "score", "evaluate", "analyze")
 UNIT_KINDS: tuple[str, ...] = ("train", "score", "evaluate")

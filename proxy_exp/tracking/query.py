@@ -130,6 +130,11 @@ def run_params(uri: str, run_id: str) -> dict[str, str]:
     return dict(_client(uri).get_run(run_id).data.params)
 
 
+def run_tags(uri: str, run_id: str) -> dict[str, str]:
+    """The tags of one run."""
+    return dict(_client(uri).get_run(run_id).data.tags)
+
+
 def latest_metrics(uri: str, run_id: str) -> dict[str, float]:
     """The latest value of every metric of a run."""
     return dict(_client(uri).get_run(run_id).data.metrics)

@@ -51,3 +51,25 @@ def test_a_campaign_reads_only_its_own_runs(tmp_path):
     assert not report.methods.empty
     (analysis,) = query.find_runs(uri, EXPERIMENT, "tags.`proxy_exp.kind` = 'analyze'")
     assert analysis.data.metrics[RUNS_READ] == len(runs) < everything
+
+
+def test_a_later_analysis_judges_by_the_truth_the_campaign_ran_with(tmp_path):
+    """proxy-campaign records its evaluate.primary_metric on the parent run (tag proxy_exp.truth_metric);
+    proxy-analyze campaign_name=... reads it there instead of a default of its own; a parent without it (a campaign
+    from before the tag) is judged by the default, and the report says so."""
+    from proxy_exp.config import LOGPROB_PER_CHAR
+    from proxy_exp.tracking import keys
+
+    cfg = TrackingConfig(experiment=EXPERIMENT)
+    recs = synthetic_records(CORPORA, [0], [0], campaign="acc")
+    parent = _log(cfg, tmp_path, "acc", recs, [r["tags"]["proxy_exp.unit_id"] for r in recs])
+    acfg = AnalysisConfig(plots=False, n_boot=N_BOOT)
+    old = analyze_campaign(cfg, str(tmp_path), parent, str(tmp_path / "old"), acfg)
+    assert old.truth_metric == LOGPROB_PER_CHAR and any(keys.tag(keys.TRUTH_METRIC) in n for n in old.notes)
+
+    Run(cfg, str(tmp_path), "campaign acc", run_id=parent, reopen=False).set_tags({keys.tag(keys.TRUTH_METRIC): "acc"})
+    report = analyze_campaign(cfg, str(tmp_path), parent, str(tmp_path / "new"), acfg)
+    target_acc = {r["tags"]["proxy_exp.corpus"]: r["metrics"]["eval/mean/acc"] for r in recs
+                  if r["tags"]["proxy_exp.kind"] == "evaluate" and r["tags"]["proxy_exp.role"] == "target"}
+    assert report.truth_metric == "acc" and not any(keys.tag(keys.TRUTH_METRIC) in n for n in report.notes)
+    assert report.truth.to_dict() == target_acc

@@ -60,6 +60,8 @@ def test_mlflow_holds_the_campaign(campaign):
     parents = _runs(root, "campaign")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     pid = parents[0].info.run_id
+    # the truth the driver judged by, where a later proxy-analyze reads it (evaluate.primary_metric's default)
+    assert parents[0].data.tags["proxy_exp.truth_metric"] == "logprob_per_char"
     kinds = {k: _runs(root, k) for k in ("train", "score", "evaluate", "analyze")}
     # tiny: 3 corpora x (proxy xs + target s) train; proxies scored; proxies and targets evaluated
     assert (len(kinds["train"]), len(kinds["score"]), len(kinds["evaluate"]), len(kinds["analyze"])) == (6, 3, 6, 1)
