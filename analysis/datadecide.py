@@ -91,7 +91,7 @@ def load_datadecide() -> tuple[pd.DataFrame, pd.DataFrame]:
     return nll, acc
 
 
-def datadecide_decision_accuracy() -> pd.DataFrame:
+def datadecide_decision_accuracy(ties: str = "half") -> pd.DataFrame:
     """Single-scale decision accuracy of each size below 1B against the 1B ranking.
 
     One row per size (13), sorted by N, columns: ``size``, ``params`` (N), ``compute``,
@@ -101,7 +101,8 @@ def datadecide_decision_accuracy() -> pd.DataFrame:
     (seed-mean ranking) and ``compute_all_seeds``. ``compute`` is one small run relative to one 1B
     run, ``6 * N * 100 N / (6 * N_1B * 100 N_1B)``, as in DataDecide's plots; the seed-mean
     ranking used three runs per recipe (``compute_all_seeds`` = 3 x ``compute``), which is the
-    convention of analysis.campaign_report.
+    convention of analysis.campaign_report. ``ties``: proxy-exp's tie rule or DataDecide's
+    (:func:`analysis.decisions.pairwise_decision_accuracy`; the released table has no ties, so both give the same).
     """
     nll, acc = load_datadecide()
     truth = acc.set_index(RECIPE)[ACC_COLUMN]
@@ -111,7 +112,7 @@ def datadecide_decision_accuracy() -> pd.DataFrame:
     rows = []
     for size, n in n_by_size.drop(TARGET_SIZE).sort_values().items():
         by_seed = nll[nll["params"] == size].pivot(index=RECIPE, columns="seed_idx", values=NLL_COLUMN)
-        da = decision_accuracy_seeds(by_seed, truth, pred_lower_is_better=True, truth_lower_is_better=False)
+        da = decision_accuracy_seeds(by_seed, truth, pred_lower_is_better=True, truth_lower_is_better=False, ties=ties)
         rc = rank_correlations(by_seed.mean(axis=1), truth, pred_lower_is_better=True, truth_lower_is_better=False)
         compute = 6.0 * n * TOKENS_PER_PARAM * n / target_flops
         rows.append({"size": size, "params": n, "compute": compute,

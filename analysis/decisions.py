@@ -50,15 +50,30 @@ def _oriented_pair(pred: Values, truth: Values, pred_lower_is_better: bool,
     return common, (-pv if pred_lower_is_better else pv), (-tv if truth_lower_is_better else tv)
 
 
-def pairwise_decision_accuracy(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+TIE_RULES = ("half", "datadecide")
+
+
+def pairwise_decision_accuracy(pred: np.ndarray, truth: np.ndarray, ties: str = "half") -> np.ndarray:
     """Decision accuracy of each column of ``pred`` ``[item, method]`` against ``truth`` ``[item]``, both oriented
-    so that higher is better: the share of item pairs decided in the truth whose predicted winner is the true one,
-    a pair tied in the prediction counting 1/2. NaN where every pair is tied in the truth."""
+    so that higher is better.
+
+    ``ties="half"`` (proxy-exp's rule): the share of item pairs decided in the truth whose predicted winner is the
+    true one, a pair tied in the prediction counting 1/2; NaN where every pair is tied in the truth.
+    ``ties="datadecide"``: DataDecide's rule (``compute_2_class`` of allenai/DataDecide): every pair counts, and it is
+    right when the two rankings, each a stable sort of the items (best first), put it in the same order; so a tie
+    goes to the item listed first, on each side. Without ties the two rules agree."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties={ties!r}: use one of {', '.join(TIE_RULES)}")
     pred = np.asarray(pred, dtype=float)
     truth = np.asarray(truth, dtype=float)
     i, j = np.triu_indices(pred.shape[0], k=1)
     sign_p = np.sign(pred[i] - pred[j])
     sign_t = np.sign(truth[i] - truth[j])
+    if ties == "datadecide":
+        if not len(i):
+            return np.full(pred.shape[1], np.nan)
+        first_p, first_t = sign_p >= 0, sign_t >= 0  # i (listed first) ranked above j, a tie included
+        return (first_p == first_t[:, None]).mean(axis=0)
     decided = sign_t != 0
     if not decided.any():
         return np.full(pred.shape[1], np.nan)
@@ -67,7 +82,7 @@ def pairwise_decision_accuracy(pred: np.ndarray, truth: np.ndarray) -> np.ndarra
 
 
 def decision_accuracy(pred: Values, truth: Values, pred_lower_is_better: bool,
-                      truth_lower_is_better: bool) -> float:
+                      truth_lower_is_better: bool, ties: str = "half") -> float:
     """Share of unordered item pairs whose predicted winner is the true winner.
 
     Pairs are all unordered pairs of items present in both ``pred`` and ``truth``.
@@ -75,14 +90,15 @@ def decision_accuracy(pred: Values, truth: Values, pred_lower_is_better: bool,
     - A pair tied in the prediction is a coin flip: it counts 0.5 (the expected score of breaking
       the tie at random), so ties neither reward nor punish a constant predictor beyond chance.
     Returns NaN when every pair is tied in the truth. Vectorised over the upper triangle of the
-    pairwise difference matrices (O(n^2) memory, fine for hundreds of items).
+    pairwise difference matrices (O(n^2) memory, fine for hundreds of items). ``ties="datadecide"``: DataDecide's
+    rule instead (:func:`pairwise_decision_accuracy`).
     """
     _, p, t = _oriented_pair(pred, truth, pred_lower_is_better, truth_lower_is_better)
-    return float(pairwise_decision_accuracy(p[:, None], t)[0])
+    return float(pairwise_decision_accuracy(p[:, None], t, ties)[0])
 
 
 def decision_accuracy_seeds(pred_by_seed: pd.DataFrame, truth: Values, pred_lower_is_better: bool,
-                            truth_lower_is_better: bool) -> dict[str, Any]:
+                            truth_lower_is_better: bool, ties: str = "half") -> dict[str, Any]:
     """Decision accuracy with several seeds, as DataDecide reports it.
 
     ``pred_by_seed``: index = item, one column per seed. Returns
@@ -100,7 +116,7 @@ def decision_accuracy_seeds(pred_by_seed: pd.DataFrame, truth: Values, pred_lowe
     # every seed's ranking and the mean's at once (a campaign's analysis calls this for each checkpoint and proxy)
     common, mean, t = _oriented_pair(pred_by_seed.mean(axis=1), truth, pred_lower_is_better, truth_lower_is_better)
     by_seed = pred_by_seed.loc[common].to_numpy(dtype=float) * (-1.0 if pred_lower_is_better else 1.0)
-    scores = pairwise_decision_accuracy(np.column_stack([mean, by_seed]), t)
+    scores = pairwise_decision_accuracy(np.column_stack([mean, by_seed]), t, ties)
     per_seed = {seed: float(v) for seed, v in zip(pred_by_seed.columns, scores[1:])}
     mean_rank = float(scores[0])
     return {"decision_accuracy": mean_rank,

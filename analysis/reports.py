@@ -102,13 +102,14 @@ def analyze_campaign(tcfg: TrackingConfig, root: str, parent_run_id: str, out_di
     return report
 
 
-def analyze_datadecide(out_dir: str, plots: bool = True) -> str:
+def analyze_datadecide(out_dir: str, plots: bool = True, ties: str = "half") -> str:
     """DataDecide's recipes ranked at each size below 1B by the seed mean of its likelihood metric, against the
-    1B ranking by three-seed mean accuracy: decision_accuracy.csv and the frontier over sizes."""
+    1B ranking by three-seed mean accuracy: decision_accuracy.csv and the frontier over sizes (``ties``: the tie
+    rule, :func:`analysis.decisions.pairwise_decision_accuracy`)."""
     from analysis.datadecide import datadecide_decision_accuracy
     from analysis.pareto import pareto_frontier
 
-    table = datadecide_decision_accuracy()
+    table = datadecide_decision_accuracy(str(ties))
     os.makedirs(out_dir, exist_ok=True)
     path = write_csv(table, os.path.join(out_dir, "decision_accuracy.csv"))
     with pd.option_context("display.width", 160):

@@ -30,7 +30,7 @@ def _main(cfg: DictConfig) -> int:
     job = to_job(cfg, AnalyzeJobConfig)
     kind = job.analysis.kind
     if kind == AnalysisKind.datadecide:
-        reports.analyze_datadecide(_output_dir(job), job.analysis.plots)
+        reports.analyze_datadecide(_output_dir(job), job.analysis.plots, job.analysis.ties)
         return 0
     root = resolve_root(job.paths)
     if kind in (AnalysisKind.model_selection, AnalysisKind.forecast):

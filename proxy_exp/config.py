@@ -353,6 +353,11 @@ class ExecutorConfig:
     target: TargetResources = field(default_factory=TargetResources)
 
 
+class TieRule(StrEnum):
+    half = "half"
+    datadecide = "datadecide"
+
+
 @dataclass
 class AnalysisConfig:
     # campaign: a proxy-exp campaign from MLflow | datadecide: DataDecide's published results |
@@ -362,6 +367,9 @@ class AnalysisConfig:
     primary_proxy: ProxyName = ProxyName["top5/freq"]  # <statistic>/<weighting> shown in the ranking table / forecast from
     ce_proxy: ProxyName = ProxyName["ce/uniform"]  # the cross-entropy baseline
     plots: bool = True
+    # tie rule of decision accuracy (kind=datadecide): half (a pair tied in the truth skipped, a tied prediction 1/2)
+    # | datadecide (DataDecide's compute_2_class: every pair, ties in sorted order); a campaign's analysis uses half
+    ties: TieRule = TieRule.half
     # model_selection
     # eval/<task>/<truth_metric> of the evaluate runs: any metric they log (acc, acc_norm, logprob_per_char,
     # exact_match_strict-match, ...); a lower-is-better one (lm-eval's higher_is_better, logged by each run) is negated

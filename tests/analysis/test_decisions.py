@@ -105,3 +105,33 @@ def test_ranks():
     v = {"a": 3.0, "b": 1.0, "c": 3.0}
     assert ranks(v, lower_is_better=True).to_dict() == {"a": 2, "b": 1, "c": 2}
     assert ranks(v, lower_is_better=False).to_dict() == {"a": 1, "b": 3, "c": 1}
+
+
+def test_datadecide_tie_rule_counts_every_pair_in_sorted_order():
+    """DataDecide's compute_2_class: both sides ranked by a stable sort (best first), every pair counted, right when
+    the rankings agree; proxy-exp's rule skips pairs tied in the truth and counts a tied prediction 1/2."""
+    import itertools
+
+    import numpy as np
+
+    from analysis.decisions import pairwise_decision_accuracy
+
+    def compute_2_class(pred, truth):  # DataDecide's definition, written out on rankings
+        a = sorted(range(len(truth)), key=lambda k: -truth[k])
+        b = sorted(range(len(pred)), key=lambda k: -pred[k])
+        pairs = list(itertools.combinations(range(len(a)), 2))
+        return sum((b.index(a[x]) < b.index(a[y])) for x, y in pairs) / len(pairs)
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        truth = rng.integers(0, 3, 7).astype(float)  # many ties on both sides
+        pred = rng.integers(0, 3, 7).astype(float)
+        got = pairwise_decision_accuracy(pred[:, None], truth, ties="datadecide")[0]
+        assert got == pytest.approx(compute_2_class(pred, truth))
+    truth, pred = np.array([1.0, 1.0, 2.0]), np.array([5.0, 5.0, 9.0])
+    assert pairwise_decision_accuracy(pred[:, None], truth)[0] == 1.0  # the tied pair skipped
+    assert pairwise_decision_accuracy(pred[:, None], truth, ties="datadecide")[0] == 1.0  # same order on both sides
+    assert pairwise_decision_accuracy(np.array([[5.0], [6.0], [9.0]]), truth)[0] == 1.0
+    assert pairwise_decision_accuracy(np.array([[5.0], [6.0], [9.0]]), truth, ties="datadecide")[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="ties="):
+        pairwise_decision_accuracy(pred[:, None], truth, ties="skip")

@@ -80,3 +80,17 @@ def test_analyze_datadecide_writes_table_into_run_dir(tmp_path):
     table = pd.read_csv(tmp_path / "run" / "decision_accuracy.csv")
     assert {"size", "compute", "decision_accuracy"} <= set(table.columns) and len(table) == 13
     assert (tmp_path / "run" / "frontier.png").exists() and "150M" in r.stdout
+
+
+def test_analyze_datadecide_under_datadecides_tie_rule(tmp_path):
+    """analysis.ties=datadecide: DataDecide's own rule (the same 150M figure: its table has no ties); asked of a
+    campaign's analysis, one line before any work."""
+    import pandas as pd
+
+    _cli("proxy-analyze", "analysis=datadecide", "analysis.ties=datadecide", f"hydra.run.dir={tmp_path}/dd",
+         "analysis.plots=false")
+    _cli("proxy-analyze", "analysis=datadecide", f"hydra.run.dir={tmp_path}/half", "analysis.plots=false")
+    dd, half = (pd.read_csv(tmp_path / d / "decision_accuracy.csv").set_index("size") for d in ("dd", "half"))
+    assert dd.loc["150M", "decision_accuracy"] == half.loc["150M", "decision_accuracy"]
+    r = _cli("proxy-analyze", "analysis.ties=datadecide", f"paths.root={tmp_path}", ok=False)
+    assert r.returncode == 2 and "analysis.ties" in r.stderr and "Traceback" not in r.stderr
