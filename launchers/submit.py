@@ -257,6 +257,102 @@ def _executor_for(executors: dict, ex: ExecutorConfig, folder: str, u: Unit) -> 
     return executors[key]
 
 
+class _Lanes:
+    """The submission of one driver command: ``executor.max_parallel`` lanes (the least loaded one takes the next
+    job), the job of each unit so far (for ``afterok``), and the records returned."""
+
+    def __init__(self, ex: ExecutorConfig, folder: str, lane_prefix: str, lane_load: dict[int, int] | None,
+                 running_jobs: dict[str, str]):
+        self.ex, self.folder, self.prefix = ex, folder, lane_prefix
+        self.load = {i: (lane_load or {}).get(i, 0) for i in range(max(1, ex.max_parallel))}
+        self.job_of = dict(running_jobs)
+        self.records: dict[str, dict] = {}
+        self.executors: dict[tuple, Any] = {}
+        self.limit = max_array_size()
+
+    def take(self) -> int:
+        lane = min(self.load, key=lambda i: (self.load[i], i))
+        self.load[lane] += 1
+        return lane
+
+    def name(self, lane: int) -> str:
+        return f"{self.prefix}-lane{lane}"
+
+    def record(self, u: Unit, job, lane: int) -> None:
+        self.job_of[u.id] = job.job_id
+        self.records[u.id] = {"job_id": job.job_id, "kind": u.kind, "folder": self.folder,
+                              "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
+                              "submitted": time.time(), "lane": lane}
+
+    def dep_jobs(self, u: Unit) -> tuple[str, ...]:
+        """The pending or running jobs ``u`` waits for."""
+        return tuple(sorted({self.job_of[d] for d in u.depends_on if d in self.job_of}))
+
+    def after(self, deps: list[str], kind: str, role: str = "") -> dict[str, Any]:
+        """The kind's extra sbatch parameters, plus afterok on the jobs of ``deps`` that are pending or running, plus
+        singleton (the lane)."""
+        extra = dict(kind_resources(self.ex, kind, role)["additional_parameters"])
+        jobs = list(dict.fromkeys(self.job_of[d] for d in deps if d in self.job_of))
+        conditions = [str(extra["dependency"])] if extra.get("dependency") else []
+        if jobs:
+            conditions.append("afterok:" + ":".join(jobs))
+            extra["kill_on_invalid_dep"] = "yes"
+        extra["dependency"] = ",".join(conditions + ["singleton"])
+        return extra
+
+    def submit_one(self, u: Unit) -> None:
+        """``u`` as one job, after its dependencies, in the least loaded lane."""
+        executor = _executor_for(self.executors, self.ex, self.folder, u)
+        lane = self.take()
+        executor.update_parameters(name=self.name(lane), slurm_additional_parameters=self.after(u.depends_on, u.kind,
+                                                                                                  u.role))
+        self.record(u, executor.submit(run_unit, u.kind, u.config), lane)
+
+    def submit_arrays(self, executor, kind: str, bundles: list[list[Unit]]) -> None:
+        """One array per lane (its tasks one at a time), split above MaxArraySize; a bundle of several units runs as
+        one task (:func:`run_unit_group`)."""
+        by_lane: dict[int, list[list[Unit]]] = {}
+        for b in bundles:
+            by_lane.setdefault(self.take(), []).append(b)
+        for lane, bs in by_lane.items():
+            executor.update_parameters(name=self.name(lane), slurm_array_parallelism=1)
+            for i in range(0, len(bs), self.limit):
+                chunk = bs[i:i + self.limit]
+                with executor.batch():
+                    jobs = [executor.submit(run_unit, kind, b[0].config) if len(b) == 1 else
+                            executor.submit(run_unit_group, kind, [u.config for u in b]) for b in chunk]
+                for b, job in zip(chunk, jobs):
+                    for u in b:
+                        self.record(u, job, lane)
+
+    def submit_tokenize(self, units: list[Unit]) -> None:
+        """Tokenize units: one job array per set of dependencies, one task per unit (a group of input files), each
+        with ``tokenize.threads`` CPUs for its tokenizer threads."""
+        groups: dict[tuple, list[Unit]] = {}
+        for u in units:
+            groups.setdefault((self.dep_jobs(u), u.config.tokenize.threads), []).append(u)
+        for (_, threads), us in groups.items():
+            executor = make_executor(self.ex, self.folder, "tokenize")
+            executor.update_parameters(
+                cpus_per_task=max(int(threads), kind_resources(self.ex, "tokenize")["cpus_per_task"]),
+                slurm_additional_parameters=self.after(us[0].depends_on, "tokenize"))
+            self.submit_arrays(executor, "tokenize", [[u] for u in us])
+
+    def submit_train(self, units: list[Unit]) -> None:
+        """Training units: one job array per resource shape and set of dependencies (the tokenize tasks of a corpus),
+        ``executor.units_per_job`` units a task where they can share one."""
+        groups: dict[tuple, list[Unit]] = {}
+        for u in units:
+            groups.setdefault((tuple(sorted(_train_resources(u, self.ex).items())), self.dep_jobs(u), u.role),
+                              []).append(u)
+        for (shape, _, role), us in groups.items():
+            executor = make_executor(self.ex, self.folder, "train", role)
+            executor.update_parameters(slurm_additional_parameters=self.after(us[0].depends_on, "train", role),
+                                       **dict(shape))
+            per_job = max(1, self.ex.units_per_job) if all(groupable(u, self.ex) for u in us) else 1
+            self.submit_arrays(executor, "train", [us[i:i + per_job] for i in range(0, len(us), per_job)])
+
+
 def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, str], ex: ExecutorConfig,
                  folder: str, lane_prefix: str = "proxy", lane_load: dict[int, int] | None = None) -> dict[str, dict]:
     """Submit units to Slurm and return at once: the bpe unit as a job, tokenize units as job arrays (one task
@@ -273,92 +369,16 @@ def submit_slurm(plan: list[Unit], to_submit: set[str], running_jobs: dict[str, 
     array per lane, run one task at a time (``%1``). Returns unit id -> job record (with its lane)."""
     import submitit
 
-    records: dict[str, dict] = {}
-    job_of = dict(running_jobs)
     chosen = [u for u in plan if u.id in to_submit]
-    lanes = max(1, ex.max_parallel)
-    load = {i: (lane_load or {}).get(i, 0) for i in range(lanes)}
-
-    def take_lane() -> int:
-        lane = min(load, key=lambda i: (load[i], i))
-        load[lane] += 1
-        return lane
-
-    def record(u: Unit, job, lane: int) -> None:
-        job_of[u.id] = job.job_id
-        records[u.id] = {"job_id": job.job_id, "kind": u.kind, "folder": folder, "stdout": str(job.paths.stdout),
-                         "stderr": str(job.paths.stderr), "submitted": time.time(), "lane": lane}
-
+    of_kind = {k: [u for u in chosen if u.kind == k] for k in ("bpe", "tokenize", "train")}
+    lanes = _Lanes(ex, folder, lane_prefix, lane_load, running_jobs)
     # The driver may itself run inside an allocation or a torch.distributed process: strip both.
     with submitit.helpers.clean_env(extra_names=("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
-        executors: dict[str, Any] = {}
-
-        def after(deps: list[str], kind: str, role: str = "") -> dict[str, Any]:
-            """The kind's extra sbatch parameters, plus afterok on the jobs of ``deps`` that are pending or running,
-            plus singleton (the lane)."""
-            extra = dict(kind_resources(ex, kind, role)["additional_parameters"])
-            jobs = list(dict.fromkeys(job_of[d] for d in deps if d in job_of))
-            conditions = [str(extra["dependency"])] if extra.get("dependency") else []
-            if jobs:
-                conditions.append("afterok:" + ":".join(jobs))
-                extra["kill_on_invalid_dep"] = "yes"
-            extra["dependency"] = ",".join(conditions + ["singleton"])
-            return extra
-
-        def submit_one(u: Unit) -> None:
-            executor = _executor_for(executors, ex, folder, u)
-            lane = take_lane()
-            executor.update_parameters(name=f"{lane_prefix}-lane{lane}",
-                                       slurm_additional_parameters=after(u.depends_on, u.kind, u.role))
-            record(u, executor.submit(run_unit, u.kind, u.config), lane)
-
-        limit = max_array_size()
-
-        def submit_arrays(executor, kind: str, bundles: list[list[Unit]]) -> None:
-            """One array per lane (its tasks one at a time), split above MaxArraySize; a bundle of several units
-            runs as one task (:func:`run_unit_group`)."""
-            by_lane: dict[int, list[list[Unit]]] = {}
-            for b in bundles:
-                by_lane.setdefault(take_lane(), []).append(b)
-            for lane, bs in by_lane.items():
-                executor.update_parameters(name=f"{lane_prefix}-lane{lane}", slurm_array_parallelism=1)
-                for i in range(0, len(bs), limit):
-                    chunk = bs[i:i + limit]
-                    with executor.batch():
-                        jobs = [executor.submit(run_unit, kind, b[0].config) if len(b) == 1 else
-                                executor.submit(run_unit_group, kind, [u.config for u in b]) for b in chunk]
-                    for b, job in zip(chunk, jobs):
-                        for u in b:
-                            record(u, job, lane)
-
-        for u in chosen:  # the campaign's BPE: one job, before the tokenize units that use it
-            if u.kind == "bpe":
-                submit_one(u)
-        # tokenize units: one job array per set of dependencies, one task per unit (a group of input files), each
-        # with tokenize.threads CPUs for its tokenizer threads
-        tgroups: dict[tuple, list[Unit]] = {}
-        for u in chosen:
-            if u.kind == "tokenize":
-                key = (tuple(sorted({job_of[d] for d in u.depends_on if d in job_of})), u.config.tokenize.threads)
-                tgroups.setdefault(key, []).append(u)
-        for (_, threads), us in tgroups.items():
-            executor = make_executor(ex, folder, "tokenize")
-            executor.update_parameters(cpus_per_task=max(int(threads), kind_resources(ex, "tokenize")["cpus_per_task"]),
-                                       slurm_additional_parameters=after(us[0].depends_on, "tokenize"))
-            submit_arrays(executor, "tokenize", [[u] for u in us])
-        # training units: one job array per resource shape and set of dependencies (the tokenize tasks of a corpus)
-        groups: dict[tuple, list[Unit]] = {}
-        for u in chosen:
-            if u.kind == "train":
-                deps = tuple(sorted({job_of[d] for d in u.depends_on if d in job_of}))
-                groups.setdefault((tuple(sorted(_train_resources(u, ex).items())), deps, u.role), []).append(u)
-        for (shape, _, role), us in groups.items():
-            executor = make_executor(ex, folder, "train", role)
-            executor.update_parameters(slurm_additional_parameters=after(us[0].depends_on, "train", role),
-                                       **dict(shape))
-            per_job = max(1, ex.units_per_job) if all(groupable(u, ex) for u in us) else 1
-            submit_arrays(executor, "train", [us[i:i + per_job] for i in range(0, len(us), per_job)])
+        for u in of_kind["bpe"]:  # the campaign's BPE: one job, before the tokenize units that use it
+            lanes.submit_one(u)
+        lanes.submit_tokenize(of_kind["tokenize"])
+        lanes.submit_train(of_kind["train"])
         for u in chosen:  # score / evaluate: a job each, after its training unit
-            if u.kind not in ("bpe", "tokenize", "train"):
-                submit_one(u)
-    return records
+            if u.kind not in of_kind:
+                lanes.submit_one(u)
+    return lanes.records
