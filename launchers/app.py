@@ -26,12 +26,9 @@ def to_job(cfg: DictConfig, cls: type[T]) -> T:
     container. Only then is it merged into the schema again, to raise OmegaConf's own error naming the key (the merge
     costs a second on a 25-recipe campaign, whose status must answer in a few seconds)."""
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    if isinstance(container, dict):
-        container.pop("hydra", None)
-    if OmegaConf.get_type(cfg) is cls and not unknown_keys(container, cls):
+    hydra_node = isinstance(container, dict) and container.pop("hydra", None) is not None
+    if not hydra_node and OmegaConf.get_type(cfg) is cls and not unknown_keys(container, cls):
         job = OmegaConf.to_object(cfg)
-        if isinstance(job, dict):  # a composed config that still holds Hydra's node
-            job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), container))
     else:
         job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), container))
     validate_job(job)
