@@ -12,7 +12,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from launchers.app import CONF_DIR, run_app, to_job
+from launchers.app import CONF_DIR, check_tie_rule, run_app, to_job
 from proxy_exp.config import AnalysisKind, AnalyzeJobConfig, resolve_root
 
 
@@ -28,6 +28,7 @@ def _main(cfg: DictConfig) -> int:
     from analysis import reports
 
     job = to_job(cfg, AnalyzeJobConfig)
+    check_tie_rule(job.analysis)
     kind = job.analysis.kind
     if kind == AnalysisKind.datadecide:
         reports.analyze_datadecide(_output_dir(job), job.analysis.plots, job.analysis.ties)

@@ -66,16 +66,22 @@ def unknown_keys(value: Any, tp: Any, where: str = "") -> list[str]:
 def validate_job(job: Any) -> None:
     """Checks that need no data, run for every job before any work starts: a training job's sizes and batch split
     (:func:`proxy_exp.train.plan.check_train_config`). Raises ValueError with one line naming the setting."""
-    from proxy_exp.config import AnalysisKind, TieRule, TrainJobConfig
+    from proxy_exp.config import TrainJobConfig
 
-    analysis = getattr(job, "analysis", None)
-    if analysis is not None and analysis.ties != TieRule.half and analysis.kind != AnalysisKind.datadecide:
-        raise ValueError(f"analysis.ties={analysis.ties}: DataDecide's tie rule applies to analysis=datadecide only; "
-                         f"a {analysis.kind} analysis counts ties as half (its intervals assume it): drop analysis.ties")
     if isinstance(job, TrainJobConfig):
         from proxy_exp.train.plan import check_train_config
 
         check_train_config(job)
+
+
+def check_tie_rule(analysis: Any) -> None:
+    """``analysis.ties=datadecide`` is for ``analysis=datadecide``: a campaign's analysis counts ties as half (its
+    intervals assume it). Raises ValueError in one line; called by proxy-campaign and proxy-analyze before any work."""
+    from proxy_exp.config import AnalysisKind, TieRule
+
+    if analysis.ties != TieRule.half and analysis.kind != AnalysisKind.datadecide:
+        raise ValueError(f"analysis.ties={analysis.ties}: DataDecide's tie rule applies to analysis=datadecide only; "
+                         f"a {analysis.kind} analysis counts ties as half (its intervals assume it): drop analysis.ties")
 
 
 def _omegaconf_text(e: BaseException) -> str:

@@ -16,7 +16,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from launchers.app import CONF_DIR, run_app, to_job
+from launchers.app import CONF_DIR, check_tie_rule, run_app, to_job
 from launchers.plan import plan_campaign
 from proxy_exp import units
 from proxy_exp.config import CampaignAction, CampaignJobConfig, ExecutorKind, resolve_root
@@ -322,6 +322,7 @@ def run_campaign(cfg: CampaignJobConfig, progress: bool = True, plan: list[Unit]
 
 def _main(cfg: DictConfig) -> int:
     job = to_job(cfg, CampaignJobConfig)
+    check_tie_rule(job.analysis)
     if job.action == CampaignAction.run and not job.dry_run:
         plan = checked_plan(job)
     else:

@@ -66,11 +66,12 @@ _CHOICES: dict[str, tuple[str, str]] = {
     "ExecutorKind": ("inline local slurm", "executor.kind: in this process, submitit's local executor, or Slurm"),
     "AnalysisKind": ("campaign datadecide model_selection forecast", "analysis.kind: which analysis to run"),
     "CampaignAction": ("run plan status verify collect", "action of proxy-campaign"),
+    "TieRule": ("half datadecide", "analysis.ties: decision accuracy's tie rule (analysis/decisions.py)"),
     "ProxyName": (" ".join(f"{s}/{w}" for s in STATISTICS for w in WEIGHTINGS),
                   "analysis.primary_proxy / ce_proxy: one of the 80 proxies, <statistic>/<weighting>"),
 }
 (Arch, DType, Device, DeviceMap, TokenizerKind, CorpusSource, HfBuilder, RepeatPolicy, TraceSource, BudgetParams, Precision, PreemptSignal, Kernel, StatsBackend,
- Packing, LongPrompt, FreqSource, ExecutorKind, AnalysisKind, CampaignAction, ProxyName) = (
+ Packing, LongPrompt, FreqSource, ExecutorKind, AnalysisKind, CampaignAction, TieRule, ProxyName) = (
     _choices(name, values, doc) for name, (values, doc) in _CHOICES.items())
 
 
@@ -351,11 +352,6 @@ class ExecutorConfig:
     data: UnitResources = field(default_factory=lambda: UnitResources(gpus_per_node=0))
     # the target models' units, where they need more than the proxies' (unset fields: executor.<kind>)
     target: TargetResources = field(default_factory=TargetResources)
-
-
-class TieRule(StrEnum):
-    half = "half"
-    datadecide = "datadecide"
 
 
 @dataclass

@@ -92,5 +92,7 @@ def test_analyze_datadecide_under_datadecides_tie_rule(tmp_path):
     _cli("proxy-analyze", "analysis=datadecide", f"hydra.run.dir={tmp_path}/half", "analysis.plots=false")
     dd, half = (pd.read_csv(tmp_path / d / "decision_accuracy.csv").set_index("size") for d in ("dd", "half"))
     assert dd.loc["150M", "decision_accuracy"] == half.loc["150M", "decision_accuracy"]
-    r = _cli("proxy-analyze", "analysis.ties=datadecide", f"paths.root={tmp_path}", ok=False)
-    assert r.returncode == 2 and "analysis.ties" in r.stderr and "Traceback" not in r.stderr
+    for cli in ("proxy-analyze", "proxy-campaign"):
+        r = _cli(cli, "analysis.ties=datadecide", f"paths.root={tmp_path}", ok=False)
+        assert r.returncode == 2 and "analysis.ties" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any work
