@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.decisions import (decision_accuracy_seeds, oriented_rank_correlations, pairwise_decision_accuracy,
+from analysis.decisions import (decision_accuracy_seeds, mean_and_seed_accuracies, oriented_rank_correlations,
                                 rank_correlations, ranks)
 from analysis.held_out import held_out_selection
 from analysis.pareto import pareto_frontier
@@ -304,9 +304,7 @@ def _evaluate_methods(by_seeds: list[pd.DataFrame], truth: pd.Series, lowers: li
         seeds = vals * sign  # [corpus, seed, method]
         t = -t if truth_lower else t
         n_seeds = vals.shape[1]
-        # per method: its seed mean's column, then one column per seed (decision_accuracy_seeds's layout)
-        stacked = np.concatenate([mean[:, None, :], seeds], axis=1).reshape(len(common), -1, order="F")
-        scores = pairwise_decision_accuracy(stacked, t).reshape(len(members), n_seeds + 1)
+        scores = mean_and_seed_accuracies(mean, seeds, t)  # as decision_accuracy_seeds computes them, all at once
         for m, i in enumerate(members):
             rc = oriented_rank_correlations(mean[:, m], t)
             out[i] = {"decision_accuracy": float(scores[m, 0]),

@@ -116,12 +116,22 @@ def decision_accuracy_seeds(pred_by_seed: pd.DataFrame, truth: Values, pred_lowe
     # every seed's ranking and the mean's at once (a campaign's analysis calls this for each checkpoint and proxy)
     common, mean, t = _oriented_pair(pred_by_seed.mean(axis=1), truth, pred_lower_is_better, truth_lower_is_better)
     by_seed = pred_by_seed.loc[common].to_numpy(dtype=float) * (-1.0 if pred_lower_is_better else 1.0)
-    scores = pairwise_decision_accuracy(np.column_stack([mean, by_seed]), t, ties)
+    scores = mean_and_seed_accuracies(mean[:, None], by_seed[:, :, None], t, ties)[0]
     per_seed = {seed: float(v) for seed, v in zip(pred_by_seed.columns, scores[1:])}
     mean_rank = float(scores[0])
     return {"decision_accuracy": mean_rank,
             "decision_accuracy_per_seed_mean": float(np.mean(list(per_seed.values()))),
             "per_seed": per_seed}
+
+
+def mean_and_seed_accuracies(mean: np.ndarray, by_seed: np.ndarray, truth: np.ndarray,
+                             ties: str = "half") -> np.ndarray:
+    """Decision accuracy of each method's seed mean and of each of its seeds, all methods at once: ``mean``
+    ``[item, method]``, ``by_seed`` ``[item, seed, method]``, ``truth`` ``[item]``, all oriented (higher better);
+    returns ``[method, 1 + seed]`` (column 0 the seed mean's)."""
+    n_items, n_seeds, n_methods = by_seed.shape
+    stacked = np.concatenate([mean[:, None, :], by_seed], axis=1).reshape(n_items, -1, order="F")
+    return pairwise_decision_accuracy(stacked, truth, ties).reshape(n_methods, n_seeds + 1)
 
 
 def rank_correlations(pred: Values, truth: Values, pred_lower_is_better: bool,

@@ -43,8 +43,13 @@ class Choice:
 
     def predict(self, oriented: pd.DataFrame) -> np.ndarray:
         """The combined score of each row of ``oriented`` (corpora x proxies, higher better)."""
-        z = (oriented[list(self.proxies)].to_numpy(dtype=float) - self.mean) / self.std
-        return z.mean(axis=1)
+        return _combined(oriented[list(self.proxies)].to_numpy(dtype=float), self.mean, self.std)
+
+
+def _combined(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The mean z-score of each row of ``x`` (its columns: the chosen proxies, oriented), z-scored with the held-in
+    ``mean`` and ``std``."""
+    return ((x - mean) / std).mean(axis=1)
 
 
 def _zstats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +145,7 @@ def held_out_selection(oriented: pd.DataFrame, truth: pd.Series, k: int = 3, n_b
         steps = _greedy_arrays(x[held_in], t[held_in], k, rank)  # the choice sees the held-in rows only
         for method, (chosen, mean, std, held_in_da) in (("single best (held out)", steps[0]),
                                                         (f"{k}-sparse (held out)", steps[-1])):
-            pred = ((x[[ia, ib]][:, chosen] - mean) / std).mean(axis=1)  # Choice.predict on the held-out pair
+            pred = _combined(x[[ia, ib]][:, chosen], mean, std)  # Choice.predict on the held-out pair
             score = float(pairwise_decision_accuracy(pred[:, None], t[[ia, ib]])[0])
             rows.append({"method": method, "held_out": f"{a}|{b}", "correct": score,
                          "chosen": "+".join(names[j] for j in chosen), "held_in_da": held_in_da})
